@@ -1,0 +1,164 @@
+"""The Lab4 building blocks (modules/layers.py of the reference), NHWC.
+
+Convolutions are written for XLA's CPU backend: 1x1 convolutions are matmuls and the
+depthwise 3x3 convolution is nine shifted multiply-adds, because XLA's grouped
+convolution is ~30x slower on CPU. Parameters use PyTorch's default initialisation
+(kaiming-uniform a=sqrt(5) == U(+-1/sqrt(fan_in)) for weights and biases) so a fresh
+model starts where the reference starts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DEFAULT_SLOPE = 0.01  # PyTorch's LeakyReLU default, used by every reference block
+FFN_SLOPE = 0.1  # hard-coded in the reference ConvFFN (its `slope` argument is ignored)
+
+
+def _torch_uniform(key, shape, fan_in):
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class Conv(nnx.Module):
+    """Dense 2-D convolution with zero padding; 1x1 stride-1 becomes a matmul."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
+                 padding: int = 0, rngs: nnx.Rngs):
+        fan_in = in_ch * kernel * kernel
+        self.stride, self.padding = stride, padding
+        self.kernel = nnx.Param(_torch_uniform(rngs.params(), (kernel, kernel, in_ch, out_ch), fan_in))
+        self.bias = nnx.Param(_torch_uniform(rngs.params(), (out_ch,), fan_in))
+
+    def __call__(self, x):
+        k = self.kernel[...]
+        if k.shape[:2] == (1, 1) and self.stride == 1:
+            return x @ k[0, 0] + self.bias[...]
+        lead = x.shape[:-3]
+        y = jax.lax.conv_general_dilated(
+            x.reshape((-1,) + x.shape[-3:]), k, (self.stride, self.stride),
+            [(self.padding, self.padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (y + self.bias[...]).reshape(lead + y.shape[1:])
+
+
+class DepthwiseConv3x3(nnx.Module):
+    """groups=channels 3x3 conv, padding 1, as shifted multiply-adds (fast on XLA CPU)."""
+
+    def __init__(self, ch: int, *, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_torch_uniform(rngs.params(), (3, 3, ch), 9))
+        self.bias = nnx.Param(_torch_uniform(rngs.params(), (ch,), 9))
+
+    def __call__(self, x):
+        h, w = x.shape[-3], x.shape[-2]
+        pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
+        xp = jnp.pad(x, pad)
+        k = self.kernel[...]
+        out = self.bias[...]
+        for i in range(3):
+            for j in range(3):
+                out = out + xp[..., i:i + h, j:j + w, :] * k[i, j]
+        return out
+
+
+def leaky_relu(x, slope=DEFAULT_SLOPE):
+    return jnp.where(x >= 0, x, slope * x)
+
+
+class ResidualBlock(nnx.Module):
+    """act(conv2(act(conv1 x))) + skip(x); no activation after the add (reference)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, *, rngs: nnx.Rngs):
+        self.conv1 = Conv(in_ch, out_ch, 3, stride=stride, padding=1, rngs=rngs)
+        self.conv2 = Conv(out_ch, out_ch, 3, stride=stride, padding=1, rngs=rngs)
+        self.skip = Conv(in_ch, out_ch, 1, stride=stride, rngs=rngs) if in_ch != out_ch else None
+
+    def __call__(self, x):
+        y = leaky_relu(self.conv2(leaky_relu(self.conv1(x))))
+        return y + (self.skip(x) if self.skip is not None else x)
+
+
+class DepthConv(nnx.Module):
+    """conv2(depthwise(lrelu(conv1 x))) + adaptor(x)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, *, rngs: nnx.Rngs):
+        self.conv1 = Conv(in_ch, in_ch, 1, stride=stride, rngs=rngs)
+        self.depth_conv = DepthwiseConv3x3(in_ch, rngs=rngs)
+        self.conv2 = Conv(in_ch, out_ch, 1, rngs=rngs)
+        if stride != 1:
+            self.adaptor = Conv(in_ch, out_ch, 2, stride=2, rngs=rngs)
+        elif in_ch != out_ch:
+            self.adaptor = Conv(in_ch, out_ch, 1, rngs=rngs)
+        else:
+            self.adaptor = None
+
+    def __call__(self, x):
+        y = self.conv2(self.depth_conv(leaky_relu(self.conv1(x))))
+        return y + (self.adaptor(x) if self.adaptor is not None else x)
+
+
+class ConvFFN(nnx.Module):
+    """Gated 1x1 FFN: x + conv_out(value * lrelu_0.1(gate)), value = first half."""
+
+    def __init__(self, ch: int, *, rngs: nnx.Rngs):
+        self.conv = Conv(ch, 4 * ch, 1, rngs=rngs)
+        self.conv_out = Conv(2 * ch, ch, 1, rngs=rngs)
+
+    def __call__(self, x):
+        value, gate = jnp.split(self.conv(x), 2, axis=-1)
+        return x + self.conv_out(value * leaky_relu(gate, FFN_SLOPE))
+
+
+class DepthConvBlock(nnx.Module):
+    def __init__(self, in_ch: int, out_ch: int, *, rngs: nnx.Rngs):
+        self.depth = DepthConv(in_ch, out_ch, rngs=rngs)
+        self.ffn = ConvFFN(out_ch, rngs=rngs)
+
+    def __call__(self, x):
+        return self.ffn(self.depth(x))
+
+
+class FrameBatchNorm(nnx.Module):
+    """BatchNorm2d whose batch statistics are taken per frame time step.
+
+    Inputs are (..., B, H, W, C); statistics reduce over (B, H, W) and keep any leading
+    (time) axes, so encoding all T poses of a clip at once normalises exactly as the
+    reference's T separate calls do. The module never mutates itself: `__call__` returns
+    the batch moments and the caller folds them into the running averages, which keeps
+    the training step a pure function.
+    """
+
+    def __init__(self, ch: int, eps: float = 1e-5, momentum: float = 0.1):
+        self.eps, self.momentum = eps, momentum
+        self.scale = nnx.Param(jnp.ones((ch,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((ch,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((ch,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((ch,), jnp.float32))
+
+    def __call__(self, x, use_running_average: bool):
+        if use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = (-4, -3, -2)
+            mean = jnp.mean(x, axes, keepdims=True)
+            var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y, (mean, var)
+
+    def updated_running_stats(self, mean, var, count: int):
+        """Running averages after one PyTorch-style update per leading (time) index."""
+        m = self.momentum
+        mean = mean.reshape(-1, mean.shape[-1])
+        var = var.reshape(-1, var.shape[-1]) * (count / max(count - 1, 1))  # unbiased, as torch
+        run_mean, run_var = self.mean[...], self.var[...]
+        for t in range(mean.shape[0]):
+            run_mean = (1 - m) * run_mean + m * mean[t]
+            run_var = (1 - m) * run_var + m * var[t]
+        return run_mean, run_var
+
+
+def count_params(module: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(module, nnx.Param)))

@@ -1,0 +1,39 @@
+"""Training objective: reconstruction + beta * KL (+ optional temporal smoothness).
+
+Per predicted frame t the terms are the reference's: MSE averaged over every element of
+the batch (`nn.MSELoss()`), and KL summed over every latent element and divided by the
+batch size (`kl_criterion`). The clip loss sums these over the T-1 predicted frames, so a
+clip's loss does not shrink when clips get longer and each frame weighs the same as in a
+per-frame backward pass of the reference.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def mse_per_frame(preds, targets):
+    """(T, B, ...) -> (T,): mean squared error of each frame over the batch."""
+    return jnp.mean(jnp.square(preds - targets), axis=tuple(range(1, preds.ndim)))
+
+
+def kl_per_frame(mu, logvar):
+    """(T, B, ...) -> (T,): KL(q || N(0, I)) summed over latents, divided by batch."""
+    per = -0.5 * jnp.sum(1 + logvar - jnp.square(mu) - jnp.exp(logvar),
+                         axis=tuple(range(1, mu.ndim)))
+    return per / mu.shape[1]
+
+
+def kl_gaussians_per_frame(mu_q, logvar_q, mu_p, logvar_p):
+    """(T, B, ...) -> (T,): KL(q || p) between diagonal Gaussians (learned priors)."""
+    per = 0.5 * (logvar_p - logvar_q + (jnp.exp(logvar_q) + jnp.square(mu_q - mu_p))
+                 / jnp.exp(logvar_p) - 1)
+    return jnp.sum(per, axis=tuple(range(1, mu_q.ndim))) / mu_q.shape[1]
+
+
+def temporal_smoothness(preds, targets, first_frame):
+    """MSE between predicted and true frame differences, so motion, not only
+    appearance, is matched; `first_frame` (B, ...) anchors the first difference."""
+    prev_pred = jnp.concatenate([first_frame[None], preds[:-1]], axis=0)
+    prev_true = jnp.concatenate([first_frame[None], targets[:-1]], axis=0)
+    return jnp.sum(mse_per_frame(preds - prev_pred, targets - prev_true))

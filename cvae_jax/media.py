@@ -1,0 +1,87 @@
+"""Videos and tables on disk: GIFs of predictions and per-frame PSNR CSVs.
+
+Frames are (T, H, W, 3) floats in [0, 1] (NHWC, time first), as the model produces them.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+
+def to_uint8(frames) -> np.ndarray:
+    """Floats in [0, 1] -> uint8, clipping first and rounding to nearest.
+
+    The reference's ToPILImage cast wraps out-of-range values (1.02 -> 5), which paints
+    bright pixels black; clipping shows them as saturated instead. NaN becomes 0.
+    """
+    x = np.nan_to_num(np.asarray(frames, dtype=np.float64), nan=0.0)
+    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def upscale_nearest(frames: np.ndarray, scale: int) -> np.ndarray:
+    """Blow each pixel up to scale x scale so 32x64 frames are visible, without blurring."""
+    return np.repeat(np.repeat(frames, scale, axis=-3), scale, axis=-2)
+
+
+def write_gif(frames, path, duration_ms: int = 40, scale: int = 4) -> Path:
+    """Save a (T, H, W, 3) float video as a looping GIF, each frame shown once.
+
+    The reference also repeated the first frame (base image plus the whole list as
+    append_images); that is not reproduced. GIF has a 256-colour palette per frame, and
+    Pillow merges consecutive identical frames into one longer frame.
+    """
+    video = to_uint8(frames)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"expected (T, H, W, 3) frames, got {video.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, upscale_nearest(video, scale), extension=".gif", duration=duration_ms, loop=0)
+    return path
+
+
+def side_by_side(*videos) -> np.ndarray:
+    """Concatenate videos along width with a 1-px white separator, for GT | prediction | ...
+
+    Each argument is (T, H, W, C) or a single frame (H, W, C), which is repeated over
+    time (e.g. the conditioning frame next to a rollout). Float inputs use white = 1.0,
+    integer ones white = 255.
+    """
+    if not videos:
+        raise ValueError("side_by_side needs at least one video")
+    arrays = [np.asarray(v) for v in videos]
+    n_frames = {a.shape[0] for a in arrays if a.ndim == 4}
+    if len(n_frames) > 1:
+        raise ValueError(f"videos differ in length: {sorted(n_frames)}")
+    t = n_frames.pop() if n_frames else 1
+    arrays = [np.broadcast_to(a, (t, *a.shape)) if a.ndim == 3 else a for a in arrays]
+    dtype = np.result_type(*arrays)
+    white = 255 if np.issubdtype(dtype, np.integer) else 1.0
+    _, h, _, c = arrays[0].shape
+    separator = np.full((t, h, 1, c), white, dtype=dtype)
+    pieces = [arrays[0]]
+    for a in arrays[1:]:
+        pieces += [separator, a]
+    return np.concatenate(pieces, axis=2)
+
+
+def write_psnr_csv(path, psnr, first_frame_index: int = 1) -> Path:
+    """Per-frame PSNR as `video,frame,psnr` rows, one per (video, frame).
+
+    `psnr` is (videos, frames) or (frames,); `frame` is the index in the original video,
+    so `first_frame_index=1` when frame 0 was the given conditioning frame. Values are
+    written with repr, so they (and inf) read back exactly with float().
+    """
+    table = np.atleast_2d(np.asarray(psnr, dtype=np.float64))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video", "frame", "psnr"])
+        for video, row in enumerate(table):
+            for j, value in enumerate(row):
+                writer.writerow([video, first_frame_index + j, repr(float(value))])
+    return path

@@ -1,0 +1,141 @@
+"""Image-quality metrics for predicted frames: PSNR and SSIM.
+
+Images are float arrays (..., H, W, C) in [0, data_range]; every leading axis (videos,
+frames, ...) is a batch axis and gets its own score. All functions are jit-able and
+already jitted (shape-defining arguments are static).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_IMAGE_AXES = (-3, -2, -1)
+
+
+def _as_float(x: jax.Array) -> jax.Array:
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+@jax.jit
+def psnr(pred: jax.Array, target: jax.Array, data_range: float = 1.0) -> jax.Array:
+    """PSNR of each image, (..., H, W, C) -> (...).
+
+    The MSE is taken over one image's pixels and channels, so every (video, frame) gets
+    its own score and batch means are means of PSNRs (unlike the reference's
+    Generate_PSNR; see `psnr_batch_mean_compat`). Identical images (mse == 0) give +inf,
+    the mathematical limit; callers averaging over frames that may be exact copies (e.g. a
+    given first frame) should exclude them.
+    """
+    pred, target = _as_float(pred), _as_float(target)
+    mse = jnp.mean((pred - target) ** 2, axis=_IMAGE_AXES)
+    return 10.0 * jnp.log10(data_range**2 / mse)
+
+
+@jax.jit
+def psnr_batch_mean_compat(pred: jax.Array, target: jax.Array, data_range: float = 1.0) -> jax.Array:
+    """The reference's Generate_PSNR: one PSNR from the MSE over *all* elements passed.
+
+    For a batch this is the PSNR of the mean MSE, not the mean PSNR; kept only to
+    reproduce old numbers.
+    """
+    pred, target = _as_float(pred), _as_float(target)
+    mse = jnp.mean((pred - target) ** 2)
+    return 20.0 * jnp.log10(data_range) - 10.0 * jnp.log10(mse)
+
+
+def gaussian_window_1d(win_size: int, sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian taps; their outer product is the usual 2-D SSIM window."""
+    x = np.arange(win_size, dtype=np.float64) - (win_size - 1) / 2
+    taps = np.exp(-(x**2) / (2.0 * sigma**2))
+    return taps / taps.sum()
+
+
+def _filter_valid(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
+    """'valid' correlation along one axis as a weighted sum of shifted slices.
+
+    XLA fuses the few slices into one loop, which on CPU is far faster than a
+    depthwise (feature_group_count) convolution.
+    """
+    n_out = x.shape[axis] - len(taps) + 1
+    out = 0.0
+    for k, w in enumerate(taps):
+        out = out + float(w) * jax.lax.slice_in_dim(x, k, k + n_out, axis=axis % x.ndim)
+    return out
+
+
+def _gaussian_filter_valid(x: jax.Array, taps: np.ndarray) -> jax.Array:
+    """Separable 2-D Gaussian over the (H, W) axes of (..., H, W, C), 'valid' region only."""
+    return _filter_valid(_filter_valid(x, taps, axis=-3), taps, axis=-2)
+
+
+def ssim_map(
+    pred: jax.Array,
+    target: jax.Array,
+    data_range: float = 1.0,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> jax.Array:
+    """Per-pixel, per-channel SSIM over the valid region: (..., H, W, C) -> (..., H-w+1, W-w+1, C).
+
+    Local statistics are Gaussian-weighted means with population (biased) variances,
+    as in Wang et al. 2004 and skimage's `gaussian_weights=True,
+    use_sample_covariance=False`.
+    """
+    pred, target = _as_float(pred), _as_float(target)
+    if win_size % 2 != 1 or win_size > min(pred.shape[-3], pred.shape[-2]):
+        raise ValueError(f"win_size must be odd and <= H and W, got {win_size} for {pred.shape}")
+    if pred.shape != target.shape:
+        raise ValueError(f"shape mismatch: {pred.shape} vs {target.shape}")
+    taps = gaussian_window_1d(win_size, sigma)
+    # Moments of data centred on a per-image, per-channel offset: variances are
+    # shift-invariant, and E[x^2] - E[x]^2 in float32 loses the small variances of
+    # flat regions (backgrounds) to cancellation when taken about 0.
+    offset = 0.5 * jnp.mean(pred + target, axis=(-3, -2), keepdims=True)
+    x, y = pred - offset, target - offset
+    moments = jnp.stack([x, y, x * x, y * y, x * y])
+    mu_x, mu_y, e_xx, e_yy, e_xy = _gaussian_filter_valid(moments, taps)
+    var_x = e_xx - mu_x * mu_x
+    var_y = e_yy - mu_y * mu_y
+    cov_xy = e_xy - mu_x * mu_y
+    mu_x, mu_y = mu_x + offset, mu_y + offset
+    c1 = (k1 * data_range) ** 2
+    c2 = (k2 * data_range) ** 2
+    numerator = (2.0 * mu_x * mu_y + c1) * (2.0 * cov_xy + c2)
+    denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    return numerator / denominator
+
+
+@partial(jax.jit, static_argnames=("win_size", "sigma", "per_channel"))
+def ssim(
+    pred: jax.Array,
+    target: jax.Array,
+    data_range: float = 1.0,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    per_channel: bool = False,
+) -> jax.Array:
+    """Mean SSIM of each image, (..., H, W, C) -> (...).
+
+    Both definitions start from the SSIM map of each channel on its own (11x11 Gaussian
+    window, sigma 1.5, 'valid' region: no padding, only pixels whose window fits):
+    - per_channel=False ("whole image"): mean of the maps over all valid pixels and all
+      channels; equals skimage `structural_similarity(..., channel_axis=-1,
+      gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`.
+    - per_channel=True (SVG's `eval_seq`): mean of each channel's map, then the mean of
+      those C numbers.
+    Every channel has the same number of valid pixels, so the two agree up to float
+    rounding; the flag exists so the reduction can be matched to either codebase.
+    """
+    smap = ssim_map(pred, target, data_range, win_size, sigma, k1, k2)
+    if per_channel:
+        return jnp.mean(jnp.mean(smap, axis=(-3, -2)), axis=-1)
+    return jnp.mean(smap, axis=_IMAGE_AXES)

@@ -1,0 +1,176 @@
+"""The Lab4 pose-conditioned CVAE (modules/modules.py of the reference), NHWC.
+
+Module names map to the reference `state_dict` prefixes:
+frame_encoder=frame_transformation, pose_encoder=label_transformation,
+posterior=Gaussian_Predictor, fusion=Decoder_Fusion, generator=Generator; the index
+inside each `layers` list is the reference's Sequential index.
+
+Kept reference quirks: LeakyReLU(True) is slope 1.0 (an identity) in the pose encoder and
+before the posterior head; ConvFFN's gate slope is 0.1. Pose-encoder BatchNorm: batch
+statistics while training (as the reference); at generation time running averages by
+default (`bn_mode="running"`) so a frame's output never depends on which other videos
+share its batch, or per-step batch statistics with `bn_mode="batch"`, which reproduces the
+reference, whose model never leaves training mode.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cvae_jax.layers import Conv, DepthConvBlock, FrameBatchNorm, ResidualBlock
+from cvae_jax.rollout import rollout, time_major
+
+TORCH_PREFIXES = {
+    "frame_encoder": "frame_transformation",
+    "pose_encoder": "label_transformation",
+    "posterior": "Gaussian_Predictor",
+    "fusion": "Decoder_Fusion",
+    "generator": "Generator",
+}
+
+
+class Identity(nnx.Module):
+    """LeakyReLU(True) of the reference: negative_slope=True=1.0."""
+
+    def __call__(self, x):
+        return x
+
+
+class PoseEncoder(nnx.Module):
+    def __init__(self, out_ch: int, *, rngs: nnx.Rngs):
+        self.conv = Conv(3, 16, 7, rngs=rngs)
+        self.bn = FrameBatchNorm(16)
+        self.res = ResidualBlock(16, out_ch, rngs=rngs)
+
+    def __call__(self, pose, use_running_average: bool):
+        pad = [(0, 0)] * (pose.ndim - 3) + [(3, 3), (3, 3), (0, 0)]
+        x = self.conv(jnp.pad(pose, pad, mode="reflect"))
+        x, moments = self.bn(x, use_running_average)
+        return self.res(x), moments  # LeakyReLU(True) between them is the identity
+
+
+def _sequential(*layers):
+    return nnx.Sequential(*layers)
+
+
+class Lab4CVAE(nnx.Module):
+    def __init__(self, F_dim: int = 128, L_dim: int = 32, N_dim: int = 12, D_out_dim: int = 192,
+                 output_sigmoid: bool = False, *, rngs: nnx.Rngs):
+        F, L, N, D = F_dim, L_dim, N_dim, D_out_dim
+        self.N_dim, self.output_sigmoid = N, output_sigmoid
+        self.frame_encoder = _sequential(
+            ResidualBlock(3, 16, rngs=rngs), DepthConvBlock(16, 16, rngs=rngs),
+            ResidualBlock(16, 32, rngs=rngs), DepthConvBlock(32, 32, rngs=rngs),
+            ResidualBlock(32, 64, rngs=rngs), DepthConvBlock(64, 64, rngs=rngs),
+            Conv(64, F, 3, padding=1, rngs=rngs))
+        self.pose_encoder = PoseEncoder(L, rngs=rngs)
+        self.posterior = _sequential(
+            ResidualBlock(F + L, N // 4, rngs=rngs), DepthConvBlock(N // 4, N // 4, rngs=rngs),
+            ResidualBlock(N // 4, N // 2, rngs=rngs), DepthConvBlock(N // 2, N // 2, rngs=rngs),
+            ResidualBlock(N // 2, N, rngs=rngs), Identity(),
+            Conv(N, 2 * N, 1, rngs=rngs))
+        C = F + L + N
+        self.fusion = _sequential(
+            DepthConvBlock(C, C, rngs=rngs), ResidualBlock(C, C // 4, rngs=rngs),
+            DepthConvBlock(C // 4, C // 2, rngs=rngs), ResidualBlock(C // 2, C // 2, rngs=rngs),
+            DepthConvBlock(C // 2, D // 2, rngs=rngs), Conv(D // 2, D, 1, rngs=rngs))
+        self.generator = _sequential(
+            DepthConvBlock(D, D, rngs=rngs), ResidualBlock(D, D // 2, rngs=rngs),
+            DepthConvBlock(D // 2, D // 2, rngs=rngs), ResidualBlock(D // 2, D // 4, rngs=rngs),
+            DepthConvBlock(D // 4, D // 4, rngs=rngs), ResidualBlock(D // 4, D // 8, rngs=rngs),
+            DepthConvBlock(D // 8, D // 8, rngs=rngs), Conv(D // 8, 3, 1, rngs=rngs))
+
+    def encode_frame(self, frame):
+        return self.frame_encoder(frame)
+
+    def encode_pose(self, pose, use_running_average: bool):
+        """Pose features and the BatchNorm batch moments (per leading time index)."""
+        return self.pose_encoder(pose, use_running_average)
+
+    def posterior_moments(self, frame_feat, pose_feat):
+        """(mu, logvar) of q(z | x_t, p_t); the head predicts log-variance."""
+        out = self.posterior(jnp.concatenate([frame_feat, pose_feat], axis=-1))
+        return jnp.split(out, 2, axis=-1)
+
+    def decode(self, prev_feat, pose_feat, z):
+        x = self.generator(self.fusion(jnp.concatenate([prev_feat, pose_feat, z], axis=-1)))
+        return jax.nn.sigmoid(x) if self.output_sigmoid else x
+
+
+def reparameterize(mu, logvar, key):
+    """z = mu + exp(logvar / 2) * eps with an explicit key (no hidden RNG state)."""
+    return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
+
+
+class Lab4Inputs(NamedTuple):
+    """One time step of a Lab4 rollout, time-major leading axis when stacked."""
+    pose_feat: jax.Array       # features of the current pose p_t
+    prev_true_feat: jax.Array  # features of ground truth x_{t-1} (teacher-forced path)
+    mu: jax.Array              # posterior moments of x_t (or zeros at generation)
+    logvar: jax.Array
+
+
+class Lab4Terms(NamedTuple):
+    """What the loss needs from one training rollout (time-major)."""
+    preds: jax.Array     # (T-1, B, H, W, 3) predictions of frames 1..T-1
+    targets: jax.Array   # (T-1, B, H, W, 3)
+    mu: jax.Array        # (T-1, B, H, W, N)
+    logvar: jax.Array
+    pose_moments: tuple  # BatchNorm batch moments per time step, for the running averages
+
+
+def training_rollout(model: Lab4CVAE, frames, poses, teacher, key, *, remat=False,
+                     teacher_shortcut=True) -> Lab4Terms:
+    """Posterior rollout of a clip: frames/poses (B, T, H, W, 3), teacher (T-1, B).
+
+    Everything that does not depend on a previous prediction (the encodings of every
+    ground-truth frame and pose, the posterior) is computed for all steps at once outside
+    the scan. With `teacher_shortcut`, a step whose whole batch is teacher-forced reuses the
+    ground-truth encoding instead of encoding the same frame again; numerically it is the
+    same computation.
+    """
+    frames, poses = time_major(frames), time_major(poses)
+    frame_feat = model.encode_frame(frames)
+    pose_feat, moments = model.encode_pose(poses[1:], use_running_average=False)
+    mu, logvar = model.posterior_moments(frame_feat[1:], pose_feat)
+    inputs = Lab4Inputs(pose_feat, frame_feat[:-1], mu, logvar)
+
+    def step(state, prev_frame, weight, x: Lab4Inputs, key_t):
+        if teacher_shortcut:
+            prev_feat = jax.lax.cond(jnp.all(weight == 1), lambda: x.prev_true_feat,
+                                     lambda: model.encode_frame(prev_frame))
+        else:
+            prev_feat = model.encode_frame(prev_frame)
+        z = reparameterize(x.mu, x.logvar, key_t)
+        return state, model.decode(prev_feat, x.pose_feat, z), None
+
+    _, preds, _ = rollout(step, frames[0], inputs, key, true_prev=frames[:-1], teacher=teacher,
+                          remat=remat)
+    return Lab4Terms(preds, frames[1:], mu, logvar, moments)
+
+
+def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_mode="sample",
+             remat=False):
+    """Autoregressive generation: first_frame (B, H, W, 3), poses (B, T, H, W, 3).
+
+    Returns (B, T, H, W, 3) with the given first frame at index 0. z is drawn from the
+    prior N(0, I) (or set to its mean); pose features are computed inside the scan so
+    memory does not grow with the video length beyond the output frames themselves.
+    """
+    b, _, h, w, _ = poses.shape
+    use_running = bn_mode == "running"
+
+    def step(state, prev_frame, weight, pose, key_t):
+        pose_feat, _ = model.encode_pose(pose, use_running_average=use_running)
+        if z_mode == "mean":
+            z = jnp.zeros((b, h, w, model.N_dim), prev_frame.dtype)
+        else:
+            z = jax.random.normal(key_t, (b, h, w, model.N_dim), prev_frame.dtype)
+        return state, model.decode(model.encode_frame(prev_frame), pose_feat, z), None
+
+    _, preds, _ = rollout(step, first_frame, time_major(poses)[1:], key, remat=remat)
+    return jnp.concatenate([first_frame[:, None], time_major(preds)], axis=1)

@@ -1,0 +1,75 @@
+"""The rollout engine: one `lax.scan` over time, shared by every model.
+
+A model supplies a `step(state, prev_frame, teacher, inputs_t, key_t) ->
+(state, pred, aux)`. The engine feeds it the previous-frame input
+`teacher * true_prev + (1 - teacher) * prev_pred`, so hard teacher forcing (0/1 masks) and
+blending (fractional weights) are the same program, and generation is the mask 0. Keys are
+split per step from one key, so a rollout is a pure function of its inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Step = Callable[[Any, jax.Array, jax.Array, Any, jax.Array], tuple[Any, jax.Array, Any]]
+
+
+def rollout(step: Step, first_frame, per_step, key, *, true_prev=None, teacher=None,
+            state=None, remat: bool = False):
+    """Roll `step` over the leading (time) axis of `per_step`.
+
+    first_frame: (B, H, W, C), the given frame that seeds the prediction chain.
+    per_step: pytree with a leading time axis T (model-specific conditioning).
+    true_prev: (T, B, H, W, C) ground-truth previous frames, or None when generating.
+    teacher: (T, B) weights in [0, 1] for the ground truth, or None (all zeros).
+    Returns (final state, predictions (T, B, H, W, C), stacked aux).
+    """
+    n_steps = jax.tree_util.tree_leaves(per_step)[0].shape[0]
+    batch = first_frame.shape[0]
+    if teacher is None:
+        teacher = jnp.zeros((n_steps, batch), first_frame.dtype)
+    keys = jax.random.split(key, n_steps)
+    body_step = jax.checkpoint(step) if remat else step
+
+    def body(carry, xs):
+        state, prev_pred = carry
+        inputs_t, key_t, weight, prev_true = xs
+        if prev_true is None:
+            prev = prev_pred
+        else:
+            w = weight.reshape(weight.shape + (1,) * (prev_pred.ndim - 1)).astype(prev_pred.dtype)
+            prev = w * prev_true + (1 - w) * prev_pred
+        state, pred, aux = body_step(state, prev, weight, inputs_t, key_t)
+        return (state, pred), (pred, aux)
+
+    (state, _), (preds, aux) = jax.lax.scan(
+        body, (state, first_frame), (per_step, keys, teacher, true_prev))
+    return state, preds, aux
+
+
+def teacher_forcing_mask(mode: str, ratio, epoch_key, step_key, n_steps: int, batch: int):
+    """(T, B) teacher weights for one batch; `ratio` is traced, `mode` is static.
+
+    epoch: one Bernoulli(ratio) draw per epoch for everything (the reference);
+    clip: one draw per clip; frame: one per (frame, clip); blend: the ratio itself.
+    """
+    ratio = jnp.asarray(ratio, jnp.float32)
+    if mode == "epoch":
+        hit = jax.random.uniform(epoch_key) < ratio
+        return jnp.broadcast_to(hit, (n_steps, batch)).astype(jnp.float32)
+    if mode == "clip":
+        hit = jax.random.uniform(step_key, (batch,)) < ratio
+        return jnp.broadcast_to(hit, (n_steps, batch)).astype(jnp.float32)
+    if mode == "frame":
+        return (jax.random.uniform(step_key, (n_steps, batch)) < ratio).astype(jnp.float32)
+    if mode == "blend":
+        return jnp.full((n_steps, batch), ratio, jnp.float32)
+    raise ValueError(f"--tf_mode must be one of epoch, clip, frame, blend; got {mode!r}")
+
+
+def time_major(x):
+    """(B, T, ...) -> (T, B, ...), the layout `lax.scan` iterates over."""
+    return jnp.swapaxes(x, 0, 1)
