@@ -73,6 +73,9 @@ class Config:
     per_save: int = 1
     keep_last: int = 3
     steps_per_epoch: int | None = None  # None: one pass over the clips
+    # execution
+    scan_unroll: int = 16  # training rollout steps per loop iteration (see rollout.py)
+    remat: bool = False
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -136,7 +139,7 @@ def cpu_preset() -> Config:
     """
     return Config(
         preset="cpu", F_dim=32, L_dim=16, N_dim=8, D_out_dim=64, output_sigmoid=True,
-        batch_size=4, lr=0.002, lr_schedule="cosine", num_epoch=8, steps_per_epoch=40,
+        batch_size=2, lr=0.002, lr_schedule="cosine", num_epoch=8, steps_per_epoch=40,
         kl_anneal_type="Monotonic", kl_anneal_cycle=2, kl_anneal_ratio=1.0,
         tfr=1.0, tfr_sde=1, tfr_d_step=0.25, tfr_floor=0.0, tf_mode="clip",
         per_save=1, val_every=2)

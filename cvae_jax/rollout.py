@@ -18,13 +18,16 @@ Step = Callable[[Any, jax.Array, jax.Array, Any, jax.Array], tuple[Any, jax.Arra
 
 
 def rollout(step: Step, first_frame, per_step, key, *, true_prev=None, teacher=None,
-            state=None, remat: bool = False):
+            state=None, remat: bool = False, unroll: int = 1):
     """Roll `step` over the leading (time) axis of `per_step`.
 
     first_frame: (B, H, W, C), the given frame that seeds the prediction chain.
     per_step: pytree with a leading time axis T (model-specific conditioning).
     true_prev: (T, B, H, W, C) ground-truth previous frames, or None when generating.
     teacher: (T, B) weights in [0, 1] for the ground truth, or None (all zeros).
+    unroll: steps per loop iteration. XLA's CPU backend runs the backward pass of
+    convolutions inside a while loop ~8x slower than straight-line code, so training
+    unrolls short clips; generation (forward only) keeps the compact loop.
     Returns (final state, predictions (T, B, H, W, C), stacked aux).
     """
     n_steps = jax.tree_util.tree_leaves(per_step)[0].shape[0]
@@ -46,7 +49,7 @@ def rollout(step: Step, first_frame, per_step, key, *, true_prev=None, teacher=N
         return (state, pred), (pred, aux)
 
     (state, _), (preds, aux) = jax.lax.scan(
-        body, (state, first_frame), (per_step, keys, teacher, true_prev))
+        body, (state, first_frame), (per_step, keys, teacher, true_prev), unroll=unroll)
     return state, preds, aux
 
 

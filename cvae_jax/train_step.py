@@ -53,7 +53,8 @@ def init_state(cfg: Config, key) -> tuple[Any, TrainState]:
 
 def _objective(graphdef, cfg: Config, params, batch_stats, frames, poses, teacher, key, beta):
     model = nnx.merge(graphdef, params, batch_stats)
-    terms = lab4.training_rollout(model, frames, poses, teacher, key, remat=False)
+    terms = lab4.training_rollout(model, frames, poses, teacher, key, remat=cfg.remat,
+                                  unroll=cfg.scan_unroll)
     mse = jnp.sum(losses.mse_per_frame(terms.preds, terms.targets))
     kl = jnp.sum(losses.kl_per_frame(terms.mu, terms.logvar))
     loss = mse + beta * kl

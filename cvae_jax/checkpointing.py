@@ -1,0 +1,121 @@
+"""Run folders, orbax checkpoints, and the notebook entry point `load_checkpoint`.
+
+A run folder holds `config.json` (the resolved config), `checkpoints/` (the last k),
+`best/` (the best by validation PSNR), `metrics.jsonl`, plots and GIFs. Each checkpoint
+holds the whole training state (params, BatchNorm statistics, optimizer state, step) and
+a JSON `meta` item (epoch, step within it, base RNG key, schedule state), so a resumed
+run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cvae_jax.config import Config
+
+CONFIG_FILE = "config.json"
+
+
+def save_config(run_dir: pathlib.Path, cfg: Config) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+
+
+def load_config(run_dir) -> Config:
+    path = pathlib.Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a cvae-jax run folder "
+                                "(made by train.py)?")
+    return Config.from_json(json.loads(path.read_text()))
+
+
+def managers(run_dir: pathlib.Path, keep_last: int) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
+    """(last-k manager, best-by-validation-PSNR manager)."""
+    run_dir = pathlib.Path(run_dir).absolute()
+    last = ocp.CheckpointManager(
+        run_dir / "checkpoints", item_names=("state", "meta"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep_last, create=True))
+    best = ocp.CheckpointManager(
+        run_dir / "best", item_names=("state", "meta"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_fn=lambda m: m["val_psnr"], best_mode="max",
+            keep_checkpoints_without_metrics=False))
+    return last, best
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, meta: dict, metrics=None) -> None:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)),
+                 metrics=metrics)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+    """(state, meta) of `step` (default: latest), restored onto the local devices."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                        meta=ocp.args.JsonRestore()))
+    return out.state, out.meta
+
+
+def key_to_json(key) -> list[int]:
+    return np.asarray(jax.random.key_data(key)).tolist()
+
+
+def key_from_json(data) -> jax.Array:
+    return jax.random.wrap_key_data(np.asarray(data, np.uint32))
+
+
+class Generator:
+    """A restored model, ready to generate: `frames = m.generate(first_frame, poses, key)`."""
+
+    def __init__(self, cfg: Config, graphdef, params, batch_stats, meta: dict, path):
+        from cvae_jax.train_step import make_generate
+        self.config, self.params, self.batch_stats, self.meta, self.path = (
+            cfg, params, batch_stats, meta, path)
+        self._generate = {}
+        self._graphdef = graphdef
+        self._make_generate = make_generate
+
+    def generate(self, first_frame, poses, key=None, z_mode: str | None = None) -> np.ndarray:
+        """first_frame (H, W, 3) or (B, H, W, 3) and poses (T, H, W, 3) or (B, T, H, W, 3),
+        floats in [0, 1] at the model's frame size. Returns frames shaped like the poses,
+        with the first frame at index 0."""
+        first_frame, poses = np.asarray(first_frame, np.float32), np.asarray(poses, np.float32)
+        single = poses.ndim == 4
+        if single:
+            first_frame, poses = first_frame[None], poses[None]
+        h, w = self.config.frame_H, self.config.frame_W
+        if poses.shape[2:] != (h, w, 3) or first_frame.shape != (poses.shape[0], h, w, 3):
+            raise ValueError(f"expected first_frame ({h}, {w}, 3) and poses (T, {h}, {w}, 3) "
+                             f"(optionally batched), got {first_frame.shape} and {poses.shape}")
+        mode = z_mode or self.config.z_mode
+        if mode not in self._generate:
+            self._generate[mode] = self._make_generate(self._graphdef, self.config.replace(z_mode=mode))
+        key = jax.random.key(0) if key is None else key
+        out = np.asarray(self._generate[mode](self.params, self.batch_stats, first_frame, poses, key))
+        return out[0] if single else out
+
+
+def load_checkpoint(run_dir, which: str = "best") -> Generator:
+    """Restore a run's model for generation on whatever devices this machine has.
+
+    which: "best" (by validation PSNR; falls back to the latest when no validation ran)
+    or "latest". Needs nothing but the run folder.
+    """
+    from cvae_jax.train_step import init_state
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    run_dir = pathlib.Path(run_dir)
+    cfg = load_config(run_dir)
+    graphdef, template = init_state(cfg, jax.random.key(0))
+    last, best = managers(run_dir, cfg.keep_last)
+    manager = best if which == "best" and best.latest_step() is not None else last
+    state, meta = restore(manager, template)
+    return Generator(cfg, graphdef, state.params, state.batch_stats, meta, run_dir)

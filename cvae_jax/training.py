@@ -1,0 +1,284 @@
+"""The training loop: data, schedules, the jitted step, validation, checkpoints, plots.
+
+Resume order: a run folder given with `resume=` continues from its latest checkpoint with
+its saved config (only `num_epoch` may grow); otherwise a fresh run folder starts. Every
+random draw is keyed by (seed, epoch, global step), and batches by (seed, epoch), so a
+resumed run continues bit for bit where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from cvae_jax import checkpointing, media, metrics, plots, schedules
+from cvae_jax.config import Config
+from cvae_jax.data import dance_folder
+from cvae_jax.data.dance import DanceData, load_dance
+from cvae_jax.train_step import Schedule, init_state, make_generate, make_train_step
+
+
+@dataclasses.dataclass
+class Progress:
+    """Host-side loop state saved in every checkpoint's `meta`."""
+    epoch: int = 0            # epoch in progress
+    step_in_epoch: int = 0    # batches of that epoch already applied
+    adaptive_tfr: dict | None = None
+    best_val_psnr: float | None = None
+
+    def to_json(self, base_key) -> dict:
+        return dict(dataclasses.asdict(self), key=checkpointing.key_to_json(base_key))
+
+
+def data_mesh():
+    """A 1-D mesh over every device: batches split on 'data', state replicated.
+
+    Auto axes let the compiler place the collectives (BatchNorm and loss means over the
+    batch, the gradient all-reduce) so model code stays free of sharding annotations.
+    """
+    return jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _keys(base_key, epoch: int, global_step: int):
+    epoch_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), epoch)
+    step_key = jax.random.fold_in(jax.random.fold_in(base_key, 2), global_step)
+    return epoch_key, step_key
+
+
+def _partial_for(cfg: Config, epoch: int) -> float:
+    """The reference keeps `fast_partial` through epoch fast_train_epoch + 1."""
+    return cfg.fast_partial if cfg.fast_train and epoch <= cfg.fast_train_epoch + 1 else cfg.partial
+
+
+def steps_in_epoch(cfg: Config, n_frames: int, epoch: int) -> int:
+    full = dance_folder.steps_per_epoch(n_frames, cfg.train_vi_len, cfg.batch_size,
+                                        _partial_for(cfg, epoch))
+    return min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
+
+
+def total_steps(cfg: Config, n_frames: int) -> int:
+    return sum(steps_in_epoch(cfg, n_frames, e) for e in range(cfg.num_epoch))
+
+
+def schedule_at(cfg: Config, epoch: int, global_step: int, n_total: int, progress: Progress) -> Schedule:
+    lr = schedules.learning_rate(cfg.lr_schedule, cfg.lr, epoch, global_step, n_total,
+                                 cfg.lr_milestones, cfg.lr_gamma)
+    per_step = cfg.kl_anneal_per == "step"
+    beta = schedules.kl_beta(cfg.kl_anneal_type, global_step if per_step else epoch,
+                             n_total if per_step else cfg.num_epoch, cfg.kl_anneal_cycle,
+                             cfg.kl_anneal_ratio)
+    if cfg.tfr_adaptive:
+        tfr = schedules.AdaptiveTFR.from_dict(progress.adaptive_tfr).ratio
+    else:
+        tfr = schedules.teacher_forcing_ratio(epoch, cfg.tfr, cfg.tfr_sde, cfg.tfr_d_step, cfg.tfr_floor)
+    return Schedule(*(jnp.float32(v) for v in (lr, beta, tfr)))
+
+
+def validate(generate, state, data: DanceData, base_key, cfg: Config):
+    """Per-(video, frame) PSNR of prior rollouts of every validation video (frames 1..T-1)."""
+    preds = []
+    for i in range(data.val_frames.shape[0]):
+        key = jax.random.fold_in(jax.random.fold_in(base_key, 3), i)
+        out = generate(state.params, state.batch_stats, data.val_frames[i:i + 1, 0],
+                       data.val_poses[i:i + 1], key)
+        preds.append(np.asarray(out[0]))
+    preds = np.stack(preds)
+    psnr = np.asarray(metrics.psnr(preds[:, 1:], data.val_frames[:, 1:]))
+    return psnr, preds
+
+
+def copy_first_frame_psnr(data: DanceData) -> np.ndarray:
+    """The baseline every model must beat: repeat the given first frame."""
+    first = np.broadcast_to(data.val_frames[:, :1], data.val_frames[:, 1:].shape)
+    return np.asarray(metrics.psnr(first, data.val_frames[:, 1:]))
+
+
+def new_run_dir(cfg: Config) -> pathlib.Path:
+    name = cfg.run_name or f"{cfg.model}_{cfg.preset}_{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    return pathlib.Path(cfg.save_root) / name
+
+
+def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
+                       num_epoch: int | None = None, log=print) -> pathlib.Path:
+    """Train (or resume) a run; returns the run folder."""
+    t_start = time.perf_counter()
+    if resume:
+        run_dir = pathlib.Path(resume)
+        cfg = checkpointing.load_config(run_dir)
+        if num_epoch is not None:
+            cfg = cfg.replace(num_epoch=num_epoch)
+    else:
+        cfg = cfg.validated()
+        run_dir = new_run_dir(cfg)
+        ckpts = run_dir / "checkpoints"
+        if ckpts.is_dir() and any(ckpts.iterdir()):
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
+                                  "or choose another --run_name")
+    checkpointing.save_config(run_dir, cfg)
+
+    mesh = data_mesh()
+    if cfg.batch_size % mesh.size:
+        raise ValueError(f"--batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices")
+    batch_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+
+    data = load_dance(cfg, log=log)
+    n_total = total_steps(cfg, len(data.train_frames))
+    base_key = jax.random.key(cfg.seed)
+    graphdef, state = init_state(cfg, jax.random.fold_in(base_key, 0))
+    last_mgr, best_mgr = checkpointing.managers(run_dir, cfg.keep_last)
+    progress = Progress(adaptive_tfr=schedules.AdaptiveTFR(cfg.tfr).to_dict() if cfg.tfr_adaptive else None)
+    records = _read_records(run_dir)
+    if resume:
+        state, meta = checkpointing.restore(last_mgr, state)
+        base_key = checkpointing.key_from_json(meta.pop("key"))
+        progress = Progress(**meta)
+        records = [r for r in records if r["epoch"] < progress.epoch]
+        log(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step_in_epoch} of it")
+    state = jax.device_put(state, replicated)
+    _write_records(run_dir, records)
+
+    train_step = make_train_step(graphdef, cfg)
+    generate = make_generate(graphdef, cfg)
+    baseline = copy_first_frame_psnr(data)
+    global_step = int(state.step)
+    last_psnr = None
+    epoch_start_step = global_step - progress.step_in_epoch
+
+    try:
+        for epoch in range(progress.epoch, cfg.num_epoch):
+            n_steps = steps_in_epoch(cfg, len(data.train_frames), epoch)
+            epoch_start_step = global_step - progress.step_in_epoch
+            sched = schedule_at(cfg, epoch, global_step, n_total, progress)
+            batches = dance_folder.epoch_batches(data.train_frames, data.train_poses, cfg.train_vi_len,
+                                                 cfg.batch_size, cfg.seed, epoch, _partial_for(cfg, epoch))
+            sums, bar = {}, tqdm(total=n_steps, initial=progress.step_in_epoch, desc=f"epoch {epoch}",
+                                 dynamic_ncols=True, leave=False)
+            for i, (frames, poses) in enumerate(batches):
+                if i >= n_steps:
+                    break
+                if i < progress.step_in_epoch:
+                    continue  # applied before the interruption
+                sched = schedule_at(cfg, epoch, global_step, n_total, progress)
+                epoch_key, step_key = _keys(base_key, epoch, global_step)
+                state, m = train_step(state, jax.device_put(frames, batch_sharding),
+                                      jax.device_put(poses, batch_sharding), sched, epoch_key, step_key)
+                m = {k: float(v) for k, v in m.items()}
+                if not np.isfinite(m["loss"]):
+                    raise FloatingPointError(
+                        f"non-finite loss {m['loss']} at epoch {epoch}, step {global_step}; the last "
+                        f"checkpoint in {run_dir / 'checkpoints'} is intact (lower --lr?)")
+                global_step += 1
+                progress.step_in_epoch = i + 1
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{m['loss']:.4f}", mse=f"{m['mse']:.4f}", kl=f"{m['kl']:.1f}",
+                                beta=f"{float(sched.beta):.3f}", tfr=f"{float(sched.tfr):.2f}", refresh=False)
+                bar.update(1)
+            bar.close()
+            done = max(progress.step_in_epoch, 1)
+            record = {"epoch": epoch, **{k: v / done for k, v in sums.items()},
+                      "beta": float(sched.beta), "tfr": float(sched.tfr), "lr": float(sched.lr),
+                      "steps": global_step, "seconds": round(time.perf_counter() - t_start, 1)}
+            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.num_epoch:
+                psnr, preds = validate(generate, state, data, base_key, cfg)
+                last_psnr = float(np.nanmean(psnr))
+                record["val_psnr"] = last_psnr
+                _after_validation(cfg, progress, last_psnr)
+            progress.epoch, progress.step_in_epoch = epoch + 1, 0
+            epoch_start_step = global_step
+            records.append(record)
+            _write_records(run_dir, records)
+            log(_epoch_line(record, float(np.mean(baseline))))
+            if (epoch + 1) % cfg.per_save == 0 or epoch + 1 == cfg.num_epoch:
+                meta = progress.to_json(base_key)
+                checkpointing.save(last_mgr, global_step, state, meta)
+                if record.get("val_psnr") is not None:
+                    checkpointing.save(best_mgr, global_step, state, meta, {"val_psnr": last_psnr})
+    except KeyboardInterrupt:
+        _save_interrupted(last_mgr, state, progress, epoch_start_step, base_key, run_dir, log)
+        raise
+    last_mgr.wait_until_finished()
+    best_mgr.wait_until_finished()
+    if last_psnr is not None:
+        _write_run_figures(run_dir, records, psnr, preds, data, baseline)
+    log(_summary(run_dir, records, baseline, time.perf_counter() - t_start))
+    return run_dir
+
+
+def _save_interrupted(manager, state, progress, epoch_start_step, base_key, run_dir, log) -> None:
+    """Checkpoint mid-epoch on Ctrl-C; the position comes from the state's own step
+    counter, so it is right whether or not the interrupt hit between step and bookkeeping."""
+    try:
+        step = int(state.step)
+    except RuntimeError:  # the interrupt landed while the donated state was in flight
+        log(f"interrupted mid-step: the last checkpoint in {run_dir / 'checkpoints'} stands")
+        return
+    progress.step_in_epoch = step - epoch_start_step
+    log(f"interrupted: saving epoch {progress.epoch} step {progress.step_in_epoch} to {run_dir}")
+    if step not in manager.all_steps():
+        checkpointing.save(manager, step, state, progress.to_json(base_key))
+    manager.wait_until_finished()
+
+
+def _after_validation(cfg: Config, progress: Progress, val_psnr: float) -> None:
+    if progress.best_val_psnr is None or val_psnr > progress.best_val_psnr:
+        progress.best_val_psnr = val_psnr
+    if cfg.tfr_adaptive:
+        state = schedules.AdaptiveTFR.from_dict(progress.adaptive_tfr)
+        progress.adaptive_tfr = schedules.adaptive_tfr_update(state, val_psnr, cfg.tfr_d_step,
+                                                              cfg.tfr_floor).to_dict()
+
+
+def _write_run_figures(run_dir, records, psnr, preds, data: DanceData, baseline) -> None:
+    plots.plot_training(records, run_dir / "training.png")
+    plots.plot_psnr_per_frame(psnr, run_dir / "val_psnr_per_frame.png",
+                              "validation PSNR per frame (z ~ N(0, I))", baseline=baseline)
+    media.write_psnr_csv(run_dir / "val_psnr_per_frame.csv", psnr)
+    media.write_gif(media.side_by_side(preds[0], data.val_frames[0], data.val_poses[0]),
+                    run_dir / "val_video0.gif")
+
+
+def _epoch_line(r: dict, baseline: float) -> str:
+    line = (f"epoch {r['epoch']}: loss {r.get('loss', float('nan')):.4f} mse {r.get('mse', float('nan')):.5f} "
+            f"kl {r.get('kl', float('nan')):.2f} beta {r['beta']:.3f} tfr {r['tfr']:.2f} lr {r['lr']:.2e} "
+            f"[{r['seconds']:.0f}s]")
+    if r.get("val_psnr") is not None:
+        line += f" | val PSNR {r['val_psnr']:.2f} dB (copy-first-frame {baseline:.2f} dB)"
+    return line
+
+
+def _summary(run_dir, records, baseline, seconds) -> str:
+    val = [r["val_psnr"] for r in records if r.get("val_psnr") is not None]
+    lines = [f"run folder: {run_dir}",
+             f"  checkpoints: {run_dir / 'checkpoints'} (last), {run_dir / 'best'} (best val PSNR)",
+             f"  metrics: {run_dir / 'metrics.jsonl'}; config: {run_dir / checkpointing.CONFIG_FILE}"]
+    if val:
+        lines += [f"  plots: {run_dir / 'training.png'}, {run_dir / 'val_psnr_per_frame.png'}; "
+                  f"GIF: {run_dir / 'val_video0.gif'}",
+                  f"final validation PSNR {val[-1]:.2f} dB vs copy-first-frame baseline "
+                  f"{float(np.mean(baseline)):.2f} dB ({val[-1] - float(np.mean(baseline)):+.2f} dB)"]
+    lines.append(f"total time {seconds:.0f} s")
+    return "\n".join(lines)
+
+
+def _read_records(run_dir: pathlib.Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_records(run_dir: pathlib.Path, records: list[dict]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (run_dir / "metrics.jsonl").write_text(text)
