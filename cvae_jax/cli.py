@@ -84,3 +84,15 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <run>/eval_<split>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the z draws")
     return p
+
+
+def enable_compilation_cache() -> None:
+    """Persist compiled programs so a second run skips the minute of XLA compilation."""
+    import os
+    import pathlib
+
+    import jax
+    base = os.environ.get("CVAE_JAX_CACHE")
+    root = pathlib.Path(base).expanduser() if base else pathlib.Path.home() / ".cache" / "cvae_jax"
+    jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

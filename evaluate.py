@@ -1,0 +1,16 @@
+"""Evaluate a run: `python evaluate.py --run runs/<name>` scores PSNR per frame on val."""
+
+from cvae_jax.cli import enable_compilation_cache, evaluate_parser
+from cvae_jax.evaluation import evaluate
+
+
+def main(argv=None):
+    args = evaluate_parser().parse_args(argv)
+    enable_compilation_cache()
+    return evaluate(args.run, DR=args.DR, split=args.split, num_samples=args.num_samples,
+                    z_mode=args.z_mode, which=args.which, save_frames=args.save_frames,
+                    out=args.out, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()
