@@ -134,15 +134,17 @@ def lab4_preset() -> Config:
 def cpu_preset() -> Config:
     """Small enough that the default run trains, validates and plots in minutes on 2 cores.
 
-    Same architecture at smaller widths, sigmoid output for a stable 630-frame rollout, a
-    faster teacher-forcing decay and KL annealing over the short run.
+    Same architecture at smaller widths, sigmoid output for a stable 630-frame rollout and a
+    faster teacher-forcing decay. KL beta is held at 1 (`None`): in a run this short, epochs
+    at beta < 1 teach the decoder to read the frame out of the posterior's z, which the
+    prior cannot supply at generation time (measured: -2 dB vs the copy baseline after 80
+    steps with a Monotonic ramp, +4.5 dB with beta = 1).
     """
     return Config(
         preset="cpu", F_dim=32, L_dim=16, N_dim=8, D_out_dim=64, output_sigmoid=True,
-        batch_size=2, lr=0.002, lr_schedule="cosine", num_epoch=8, steps_per_epoch=40,
-        kl_anneal_type="Monotonic", kl_anneal_cycle=2, kl_anneal_ratio=1.0,
-        tfr=1.0, tfr_sde=1, tfr_d_step=0.25, tfr_floor=0.0, tf_mode="clip",
-        per_save=1, val_every=2)
+        batch_size=2, lr=0.002, lr_schedule="cosine", num_epoch=6, steps_per_epoch=40,
+        kl_anneal_type="None", tfr=1.0, tfr_sde=1, tfr_d_step=0.25, tfr_floor=0.0,
+        tf_mode="clip", per_save=1, val_every=2)
 
 
 PRESETS = {"lab4": lab4_preset, "cpu": cpu_preset}

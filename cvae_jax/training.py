@@ -35,8 +35,16 @@ class Progress:
     adaptive_tfr: dict | None = None
     best_val_psnr: float | None = None
 
-    def to_json(self, base_key) -> dict:
-        return dict(dataclasses.asdict(self), key=checkpointing.key_to_json(base_key))
+    def to_json(self, base_key, cfg: Config) -> dict:
+        """The checkpoint's `meta` item: this state, the base key, and the resolved config
+        (so a single checkpoint folder is self-describing)."""
+        return dict(dataclasses.asdict(self), key=checkpointing.key_to_json(base_key),
+                    config=cfg.to_json())
+
+    @classmethod
+    def from_json(cls, meta: dict) -> "Progress":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in names})
 
 
 def data_mesh():
@@ -141,8 +149,8 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     records = _read_records(run_dir)
     if resume:
         state, meta = checkpointing.restore(last_mgr, state)
-        base_key = checkpointing.key_from_json(meta.pop("key"))
-        progress = Progress(**meta)
+        base_key = checkpointing.key_from_json(meta["key"])
+        progress = Progress.from_json(meta)
         records = [r for r in records if r["epoch"] < progress.epoch]
         log(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step_in_epoch} of it")
     state = jax.device_put(state, replicated)
@@ -162,7 +170,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
             sched = schedule_at(cfg, epoch, global_step, n_total, progress)
             batches = dance_folder.epoch_batches(data.train_frames, data.train_poses, cfg.train_vi_len,
                                                  cfg.batch_size, cfg.seed, epoch, _partial_for(cfg, epoch))
-            sums, bar = {}, tqdm(total=n_steps, initial=progress.step_in_epoch, desc=f"epoch {epoch}",
+            sums, n_done, bar = {}, 0, tqdm(total=n_steps, initial=progress.step_in_epoch, desc=f"epoch {epoch}",
                                  dynamic_ncols=True, leave=False)
             for i, (frames, poses) in enumerate(batches):
                 if i >= n_steps:
@@ -182,12 +190,12 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                 progress.step_in_epoch = i + 1
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v
+                n_done += 1
                 bar.set_postfix(loss=f"{m['loss']:.4f}", mse=f"{m['mse']:.4f}", kl=f"{m['kl']:.1f}",
                                 beta=f"{float(sched.beta):.3f}", tfr=f"{float(sched.tfr):.2f}", refresh=False)
                 bar.update(1)
             bar.close()
-            done = max(progress.step_in_epoch, 1)
-            record = {"epoch": epoch, **{k: v / done for k, v in sums.items()},
+            record = {"epoch": epoch, **{k: v / max(n_done, 1) for k, v in sums.items()},
                       "beta": float(sched.beta), "tfr": float(sched.tfr), "lr": float(sched.lr),
                       "steps": global_step, "seconds": round(time.perf_counter() - t_start, 1)}
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.num_epoch:
@@ -195,28 +203,27 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                 last_psnr = float(np.nanmean(psnr))
                 record["val_psnr"] = last_psnr
                 _after_validation(cfg, progress, last_psnr)
+                _write_run_figures(run_dir, records + [record], psnr, preds, data, baseline)
             progress.epoch, progress.step_in_epoch = epoch + 1, 0
             epoch_start_step = global_step
             records.append(record)
             _write_records(run_dir, records)
             log(_epoch_line(record, float(np.mean(baseline))))
             if (epoch + 1) % cfg.per_save == 0 or epoch + 1 == cfg.num_epoch:
-                meta = progress.to_json(base_key)
+                meta = progress.to_json(base_key, cfg)
                 checkpointing.save(last_mgr, global_step, state, meta)
                 if record.get("val_psnr") is not None:
                     checkpointing.save(best_mgr, global_step, state, meta, {"val_psnr": last_psnr})
     except KeyboardInterrupt:
-        _save_interrupted(last_mgr, state, progress, epoch_start_step, base_key, run_dir, log)
+        _save_interrupted(last_mgr, state, progress, epoch_start_step, base_key, cfg, run_dir, log)
         raise
     last_mgr.wait_until_finished()
     best_mgr.wait_until_finished()
-    if last_psnr is not None:
-        _write_run_figures(run_dir, records, psnr, preds, data, baseline)
     log(_summary(run_dir, records, baseline, time.perf_counter() - t_start))
     return run_dir
 
 
-def _save_interrupted(manager, state, progress, epoch_start_step, base_key, run_dir, log) -> None:
+def _save_interrupted(manager, state, progress, epoch_start_step, base_key, cfg, run_dir, log) -> None:
     """Checkpoint mid-epoch on Ctrl-C; the position comes from the state's own step
     counter, so it is right whether or not the interrupt hit between step and bookkeeping."""
     try:
@@ -227,7 +234,7 @@ def _save_interrupted(manager, state, progress, epoch_start_step, base_key, run_
     progress.step_in_epoch = step - epoch_start_step
     log(f"interrupted: saving epoch {progress.epoch} step {progress.step_in_epoch} to {run_dir}")
     if step not in manager.all_steps():
-        checkpointing.save(manager, step, state, progress.to_json(base_key))
+        checkpointing.save(manager, step, state, progress.to_json(base_key, cfg))
     manager.wait_until_finished()
 
 

@@ -1,0 +1,99 @@
+"""Shared test setup.
+
+The package is not installed, so the repository root goes on sys.path. XLA's CPU compiler
+is the slow part of these tests (tens of seconds per training step even at toy sizes),
+so a persistent compilation cache is switched on for the session: identical programs
+compiled by later tests, or by the subprocesses the training tests start (they inherit
+the environment), are then loaded instead of recompiled. It only changes compile time,
+never results. Set CVAE_JAX_TEST_XLA_CACHE to a folder to keep the cache across
+sessions, or to "off" to disable it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _setup_compilation_cache() -> None:
+    choice = os.environ.get("CVAE_JAX_TEST_XLA_CACHE")
+    if choice == "off" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    if choice:
+        cache = choice
+    else:
+        cache = tempfile.mkdtemp(prefix="cvae_jax_test_xla_")
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    settings = {"JAX_COMPILATION_CACHE_DIR": cache,
+                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+    os.environ.update(settings)  # read by jax at import, here and in subprocesses
+    if "jax" in sys.modules:  # imported already (e.g. by a plugin): set it directly
+        import jax
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+_setup_compilation_cache()
+
+# Toy dimensions shared by the model tests: every reference ratio (N/4, (F+L+N)/4, D/16)
+# stays an integer, and compiles take seconds instead of minutes.
+TINY_DIMS = dict(F_dim=8, L_dim=8, N_dim=4, D_out_dim=16)
+
+
+def random_module(factory, seed: int = 0):
+    """`factory()`'s module with random weights, built without running its initialisers.
+
+    Eager initialisation compiles one random-number program per parameter shape
+    (~40 s on 2 cores for a toy Lab4 model); the tests check what the network computes,
+    which any weights show, so they are drawn with numpy at a PyTorch-like scale
+    (|w| <= 1/sqrt(fan_in)) to keep activations O(1). BatchNorm running variances are
+    drawn positive.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(nnx.eval_shape(factory))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-2].key if hasattr(path[-2], "key") else str(path[-2])
+        shape = leaf.shape
+        if name in ("var", "scale"):
+            values = rng.uniform(0.5, 1.5, shape)
+        elif name in ("mean", "bias"):
+            values = rng.uniform(-0.1, 0.1, shape)
+        else:  # conv kernels: HWIO, or depthwise (3, 3, C)
+            fan_in = int(np.prod(shape[:-1])) if len(shape) == 4 else 9
+            values = rng.uniform(-1, 1, shape) / np.sqrt(fan_in)
+        return jnp.asarray(values, jnp.float32)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, state))
+
+
+def random_model(seed: int = 0, output_sigmoid: bool = False, **dims):
+    """A toy-size (TINY_DIMS unless overridden) Lab4CVAE with random weights."""
+    from flax import nnx
+
+    from cvae_jax.models.lab4 import Lab4CVAE
+
+    dims = {**TINY_DIMS, **dims}
+    return random_module(lambda: Lab4CVAE(**dims, output_sigmoid=output_sigmoid, rngs=nnx.Rngs(0)), seed)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,301 @@
+"""End-to-end training at toy sizes: bit-exact resume, data parallelism over two host
+devices, the notebook API on a finished run, the non-finite-loss guard, the config and
+CLI layers, and `python train.py` itself.
+
+Every run here uses the same toy config so the (slow) XLA compilations are shared through
+the session's compilation cache (see conftest.py); the first run pays for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import SingleDeviceSharding
+
+from conftest import ROOT
+from cvae_jax import checkpointing
+from cvae_jax.cli import config_from_args, train_parser
+from cvae_jax.config import Config, preset
+from cvae_jax.train_step import init_state
+from cvae_jax.training import train_and_evaluate
+
+QUIET = lambda line: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("training")
+
+
+def tiny_config(workdir, **changes) -> Config:
+    """Toy dims and data, with schedules that change between epochs (lr milestone, KL
+    ramp, adaptive teacher forcing drawn per frame) so a resume that lost any of them
+    would diverge. 16 frames per synthetic video = 4 clips = 2 batches per epoch."""
+    cfg = preset("lab4").replace(
+        frame_H=8, frame_W=16, F_dim=8, L_dim=8, N_dim=4, D_out_dim=16,
+        train_vi_len=4, val_vi_len=16, batch_size=2, steps_per_epoch=2, synthetic_train_videos=1,
+        cache_dir=str(workdir / "cache"), save_root=str(workdir / "runs"), num_epoch=2,
+        lr_milestones=(1,), kl_anneal_type="Monotonic", kl_anneal_cycle=1,
+        tf_mode="frame", tfr=0.5, tfr_adaptive=True, tfr_d_step=0.3)
+    return cfg.replace(**changes).validated()
+
+
+def abstract_state(cfg: Config):
+    """Restore target on this process's first device (whatever devices wrote it)."""
+    shapes = jax.eval_shape(lambda k: init_state(cfg, k)[1], jax.random.key(0))
+    device = SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
+
+
+def restored(run_dir, step=None):
+    """(state, meta) of a run's checkpoint `step` (default: the latest)."""
+    cfg = checkpointing.load_config(run_dir)
+    last, _ = checkpointing.managers(run_dir, cfg.keep_last)
+    return checkpointing.restore(last, abstract_state(cfg), step)
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full_run(workdir):
+    """Two uninterrupted epochs; the reference for the resume and data-parallel tests."""
+    return train_and_evaluate(tiny_config(workdir, run_name="full"), log=QUIET)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_is_bit_exact(workdir, full_run):
+    split = train_and_evaluate(tiny_config(workdir, num_epoch=1, run_name="split"), log=QUIET)
+    after_one, _ = restored(split)
+    lines = []
+    assert train_and_evaluate(resume=str(split), num_epoch=2, log=lines.append) == split
+    assert any("resuming" in line and "epoch 1" in line for line in lines)
+
+    want, want_meta = restored(full_run)
+    got, got_meta = restored(split)
+    assert int(got.step) == int(want.step) == 4
+    assert got_meta == want_meta  # epoch, adaptive teacher forcing, best PSNR, key
+    for a, b in zip(leaves(got), leaves(want), strict=True):  # params, BN stats, Adam, step
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    # the second epoch really trained after the restore
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(got.params), leaves(after_one.params)))
+
+    got_records, want_records = records(split), records(full_run)
+    assert [r["epoch"] for r in got_records] == [0, 1]
+    for g, w in zip(got_records, want_records, strict=True):
+        g.pop("seconds"), w.pop("seconds")
+        assert g == w
+    # the schedules did change between the epochs, so the comparison covers them
+    assert want_records[0]["lr"] != want_records[1]["lr"]
+    assert want_records[0]["beta"] != want_records[1]["beta"]
+
+
+def test_new_run_refuses_an_existing_run_folder(workdir, full_run):
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_and_evaluate(tiny_config(workdir, run_name="full"), log=QUIET)
+
+
+# --------------------------------------------------------------------------- data parallel
+
+DP_SCRIPT = """
+import json, sys
+import jax
+from cvae_jax.config import Config
+from cvae_jax.training import train_and_evaluate
+assert jax.device_count() == 2, jax.devices()
+run = train_and_evaluate(Config.from_json(json.loads(sys.argv[1])), log=lambda line: None)
+print("DEVICES", jax.device_count())
+"""
+
+
+def subprocess_env(**extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env
+
+
+def test_data_parallel_matches_single_device(workdir, full_run):
+    """Batch split over two host devices: the same training up to summation order."""
+    cfg = tiny_config(workdir, num_epoch=1, run_name="dp")
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, "-c", DP_SCRIPT, json.dumps(cfg.to_json())], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "DEVICES 2" in proc.stdout
+
+    got, _ = restored(workdir / "runs" / "dp")
+    want, _ = restored(full_run, step=2)  # the single-device run after the same two steps
+    assert int(got.step) == int(want.step) == 2
+    for a, b in zip(leaves((got.params, got.batch_stats)), leaves((want.params, want.batch_stats)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert records(workdir / "runs" / "dp")[0]["loss"] == pytest.approx(records(full_run)[0]["loss"],
+                                                                        rel=1e-4)
+
+
+# --------------------------------------------------------------------------- notebook API
+
+
+@pytest.fixture(scope="module")
+def generator(full_run):
+    from cvae_jax import load_checkpoint
+    return load_checkpoint(full_run, which="latest")
+
+
+@pytest.fixture(scope="module")
+def val_clip(full_run):
+    from cvae_jax.data.dance import load_dance
+    data = load_dance(checkpointing.load_config(full_run), log=QUIET, splits=("val",))
+    return data.val_frames[0], data.val_poses[0]  # (T, H, W, 3) each
+
+
+def test_load_checkpoint_restores_the_run(generator, full_run):
+    want, _ = restored(full_run)
+    for a, b in zip(leaves(generator.params), leaves(want.params), strict=True):
+        assert np.array_equal(a, b)
+    assert generator.config == checkpointing.load_config(full_run)
+
+
+def test_generate_unbatched_and_batched(generator, val_clip):
+    frames, poses = val_clip
+    t = len(poses)
+    out = generator.generate(frames[0], poses, jax.random.key(1))
+    assert out.shape == (t, 8, 16, 3)
+    np.testing.assert_array_equal(out[0], frames[0])
+    batched = generator.generate(np.stack([frames[0]] * 2), np.stack([poses] * 2), jax.random.key(1))
+    assert batched.shape == (2, t, 8, 16, 3)
+    np.testing.assert_array_equal(batched[:, 0], np.stack([frames[0]] * 2))
+    assert np.isfinite(batched).all()
+
+
+def test_generate_randomness_follows_the_key(generator, val_clip):
+    frames, poses = val_clip
+    a = generator.generate(frames[0], poses, jax.random.key(1))
+    np.testing.assert_array_equal(a, generator.generate(frames[0], poses, jax.random.key(1)))
+    assert not np.allclose(a[1:], generator.generate(frames[0], poses, jax.random.key(2))[1:])
+    m1 = generator.generate(frames[0], poses, jax.random.key(1), z_mode="mean")
+    np.testing.assert_array_equal(m1, generator.generate(frames[0], poses, jax.random.key(2), z_mode="mean"))
+
+
+@pytest.mark.parametrize("first_shape,poses_shape", [
+    ((8, 16, 3), (5, 8, 17, 3)),        # wrong frame size
+    ((8, 16), (5, 8, 16, 3)),           # missing channel axis
+    ((2, 8, 16, 3), (3, 5, 8, 16, 3)),  # batch sizes disagree
+    ((8, 16, 3), (5, 8, 16, 1)),        # grey poses
+])
+def test_generate_rejects_wrong_shapes(generator, first_shape, poses_shape):
+    with pytest.raises(ValueError, match=r"expected first_frame \(8, 16, 3\)"):
+        generator.generate(np.zeros(first_shape), np.zeros(poses_shape))
+
+
+def test_load_checkpoint_errors(tmp_path, full_run):
+    from cvae_jax import load_checkpoint
+    with pytest.raises(ValueError, match="which"):
+        load_checkpoint(full_run, which="newest")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_checkpoint(tmp_path)
+
+
+# --------------------------------------------------------------------------- non-finite loss
+
+
+def test_non_finite_loss_names_the_checkpoint_folder(workdir, full_run):
+    cfg = tiny_config(workdir, num_epoch=1, run_name="diverge", lr=1e30)
+    run_dir = workdir / "runs" / "diverge"
+    with pytest.raises(FloatingPointError, match=re.escape(str(run_dir / "checkpoints"))):
+        train_and_evaluate(cfg, log=QUIET)
+
+
+# --------------------------------------------------------------------------- config and CLI
+
+
+@pytest.mark.parametrize("cfg", [preset("lab4"), preset("cpu"),
+                                 preset("cpu").replace(lr_milestones=(3, 6), DR="/data", run_name="x")])
+def test_config_json_round_trip(cfg):
+    assert Config.from_json(cfg.to_json()) == cfg
+    assert Config.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg  # tuples come back as lists
+
+
+@pytest.mark.parametrize("change,flag", [
+    (dict(tf_mode="sometimes"), "--tf_mode"), (dict(N_dim=6), "--N_dim"), (dict(partial=0.0), "--partial"),
+    (dict(partial=1.5), "--partial"), (dict(tfr=1.5), "--tfr"), (dict(train_vi_len=1), "--train_vi_len"),
+    (dict(lr=0.0), "--lr"), (dict(batch_size=0), "--batch_size"), (dict(z_mode="mode"), "--z_mode"),
+    (dict(kl_anneal_type="cosine"), "--kl_anneal_type"), (dict(D_out_dim=100), "--D_out_dim"),
+])
+def test_validated_rejects_bad_values_naming_the_flag(change, flag):
+    with pytest.raises(ValueError, match=re.escape(flag)):
+        preset("lab4").replace(**change).validated()
+
+
+def test_from_json_rejects_unknown_fields():
+    data = dict(preset("lab4").to_json(), learning_rate=0.1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        Config.from_json(data)
+
+
+def parse(*argv) -> Config:
+    return config_from_args(train_parser().parse_args(list(argv)))
+
+
+def test_cli_applies_preset_then_overrides():
+    cfg = parse("--preset", "cpu", "--tfr", "0.5", "--no-output_sigmoid", "--lr_milestones", "3", "6")
+    want = preset("cpu").replace(tfr=0.5, output_sigmoid=False, lr_milestones=(3, 6))
+    assert cfg == want
+    assert preset("cpu").output_sigmoid and preset("cpu").tfr == 1.0  # the flags changed something
+    assert parse() == preset("cpu")  # the default preset
+    assert parse("--preset", "lab4") == preset("lab4")
+    assert parse("--preset", "lab4", "--output_sigmoid", "--DR", "/x").output_sigmoid
+
+
+def test_cli_rejects_bad_values_naming_the_flag():
+    with pytest.raises(ValueError, match="--tf_mode"):
+        parse("--tf_mode", "sometimes")
+
+
+def cli_flags(cfg: Config) -> list[str]:
+    """Command-line flags that rebuild `cfg` from the lab4 preset."""
+    base, argv = preset("lab4"), ["--preset", "lab4"]
+    for field in dataclasses.fields(Config):
+        value = getattr(cfg, field.name)
+        if field.name == "preset" or value == getattr(base, field.name):
+            continue
+        if isinstance(value, bool):
+            argv.append(f"--{field.name}" if value else f"--no-{field.name}")
+        elif isinstance(value, tuple):
+            argv += [f"--{field.name}", *map(str, value)]
+        else:
+            argv += [f"--{field.name}", str(value)]
+    return argv
+
+
+def test_train_py_end_to_end(workdir):
+    cfg = tiny_config(workdir, num_epoch=1, run_name="cli")
+    assert parse(*cli_flags(cfg)) == cfg
+    proc = subprocess.run([sys.executable, "train.py", *cli_flags(cfg)], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = workdir / "runs" / "cli"
+    assert f"run folder: {run_dir}" in proc.stdout
+    assert re.search(r"final validation PSNR -?\d+\.\d+ dB vs copy-first-frame baseline -?\d+\.\d+ dB",
+                     proc.stdout), proc.stdout
+    for name in ("config.json", "metrics.jsonl", "training.png", "val_psnr_per_frame.png",
+                 "val_psnr_per_frame.csv", "val_video0.gif"):
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+    for name in ("checkpoints", "best"):
+        assert (run_dir / name).is_dir() and any((run_dir / name).iterdir()), name
+    assert checkpointing.load_config(run_dir) == cfg
