@@ -11,9 +11,9 @@ import dataclasses
 import json
 from typing import Any
 
+from cvae_jax.schedules import KL_ANNEAL_TYPES, LR_SCHEDULES
+
 TF_MODES = ("epoch", "clip", "frame", "blend")
-KL_TYPES = ("Cyclical", "Monotonic", "None")
-LR_SCHEDULES = ("multistep", "constant", "cosine")
 BN_MODES = ("running", "batch")
 Z_MODES = ("sample", "mean")
 
@@ -101,8 +101,8 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        if self.kl_anneal_type.lower() not in [k.lower() for k in KL_TYPES]:
-            raise ValueError(f"--kl_anneal_type must be one of {list(KL_TYPES)}, got {self.kl_anneal_type!r}")
+        if self.kl_anneal_type.lower() not in [k.lower() for k in KL_ANNEAL_TYPES]:
+            raise ValueError(f"--kl_anneal_type must be one of {list(KL_ANNEAL_TYPES)}, got {self.kl_anneal_type!r}")
         positive = ("frame_H", "frame_W", "batch_size", "num_epoch", "F_dim", "L_dim", "N_dim",
                     "D_out_dim", "kl_anneal_cycle", "per_save", "keep_last", "val_every", "val_vi_len")
         for name in positive:

@@ -43,7 +43,7 @@ def evaluate(run, DR=None, split="val", num_samples=1, z_mode=None, which="best"
     out.mkdir(parents=True, exist_ok=True)
     mode = z_mode or cfg.z_mode
     base = jax.random.key(seed)
-    scores, firsts = [], []
+    scores, ssims, firsts = [], [], []
     for v, (name, first, poses, truth) in enumerate(_sequences(cfg, split, log)):
         samples = [model.generate(first, poses, jax.random.fold_in(base, v * num_samples + s), mode)
                    for s in range(num_samples)]
@@ -52,13 +52,14 @@ def evaluate(run, DR=None, split="val", num_samples=1, z_mode=None, which="best"
         media.write_gif(media.side_by_side(*panels), out / f"{name}.gif")
         if truth is not None:
             scores.append(np.stack([np.asarray(metrics.psnr(s[1:], truth[1:])) for s in samples]))
+            ssims.append(np.stack([np.asarray(metrics.ssim(s[1:], truth[1:])) for s in samples]))
     if save_frames:
         np.savez_compressed(save_frames, pred=np.stack(firsts).astype(np.float32))
     layout = "prediction | ground truth | pose" if scores else "prediction | pose"
     result = {"out": out, "psnr": None, "mean_psnr": None}
     if scores:
         psnr = np.stack(scores)  # (videos, samples, frames)
-        result.update(psnr=psnr, mean_psnr=float(np.mean(psnr)))
+        result.update(psnr=psnr, mean_psnr=float(np.mean(psnr)), mean_ssim=float(np.mean(ssims)))
         per_frame = psnr.reshape(-1, psnr.shape[-1])
         media.write_psnr_csv(out / "psnr_per_frame.csv", per_frame)
         plots.plot_psnr_per_frame(per_frame, out / "psnr_per_frame.png",
@@ -66,7 +67,7 @@ def evaluate(run, DR=None, split="val", num_samples=1, z_mode=None, which="best"
         log(f"mean PSNR {result['mean_psnr']:.3f} dB | protocol: {psnr.shape[0]} video(s) x "
             f"{num_samples} sample(s), frames 1..{psnr.shape[-1]} of each scored (frame 0 given), "
             f"PSNR per frame over all pixels, data range 1.0, z {'~ N(0, I) per step' if mode == 'sample' else '= 0 (prior mean)'}, "
-            f"{which} checkpoint")
+            f"{which} checkpoint; mean SSIM {result['mean_ssim']:.4f} (Gaussian window 11, sigma 1.5)")
         log(f"wrote {out / 'psnr_per_frame.csv'} (rows: video*samples+sample), {out / 'psnr_per_frame.png'}")
     else:
         log(f"generated {len(firsts)} test sequence(s) (not scored: the test split has no ground truth)")

@@ -3,10 +3,13 @@
 The package is not installed, so the repository root goes on sys.path. XLA's CPU compiler
 is the slow part of these tests (tens of seconds per training step even at toy sizes),
 so a persistent compilation cache is switched on for the session: identical programs
-compiled by later tests, or by the subprocesses the training tests start (they inherit
-the environment), are then loaded instead of recompiled. It only changes compile time,
-never results. Set CVAE_JAX_TEST_XLA_CACHE to a folder to keep the cache across
-sessions, or to "off" to disable it.
+compiled by later tests, or by the subprocesses the training tests start, are loaded
+instead of recompiled. It changes compile time only, never results.
+
+The cache lives where train.py keeps its own, `$CVAE_JAX_CACHE/xla`, when CVAE_JAX_CACHE
+is set (CI points it into the checkout, so the cache also survives between sessions);
+otherwise in a temporary folder removed at exit, so tests never write to ~/.cache.
+CVAE_JAX_TEST_XLA_CACHE=off disables it.
 """
 
 from __future__ import annotations
@@ -26,19 +29,25 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def _cache_root() -> pathlib.Path:
+    if os.environ.get("CVAE_JAX_CACHE"):
+        return pathlib.Path(os.environ["CVAE_JAX_CACHE"]).expanduser()
+    root = tempfile.mkdtemp(prefix="cvae_jax_test_cache_")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return pathlib.Path(root)
+
+
+# Root for subprocesses' CVAE_JAX_CACHE: train.py then compiles into the same XLA cache.
+CACHE_ROOT = _cache_root()
+
+
 def _setup_compilation_cache() -> None:
-    choice = os.environ.get("CVAE_JAX_TEST_XLA_CACHE")
-    if choice == "off" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    if os.environ.get("CVAE_JAX_TEST_XLA_CACHE") == "off" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
-    if choice:
-        cache = choice
-    else:
-        cache = tempfile.mkdtemp(prefix="cvae_jax_test_xla_")
-        atexit.register(shutil.rmtree, cache, ignore_errors=True)
-    settings = {"JAX_COMPILATION_CACHE_DIR": cache,
-                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-    os.environ.update(settings)  # read by jax at import, here and in subprocesses
+    cache = str(CACHE_ROOT / "xla")
+    os.environ.update({"JAX_COMPILATION_CACHE_DIR": cache,  # read by jax at import, here
+                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # and in subprocesses
+                       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"})
     if "jax" in sys.modules:  # imported already (e.g. by a plugin): set it directly
         import jax
         jax.config.update("jax_compilation_cache_dir", cache)
