@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import sys
 import time
@@ -37,10 +38,12 @@ from cvae_jax.train_step import Schedule, init_state, make_generate, make_train_
 # Reference FLOP counts (torch FlopCounter, 2 FLOP per MAC, batch 1, 32x64, reference dims
 # 128/32/12/192), from the Lab4 reference notes: one training time step runs two frame
 # encodes and every module; one generated frame runs the frame and pose encoders, the
-# fusion and the generator.
+# fusion and the generator. `conv_flops` reproduces them from the conv shapes (so the same
+# method also counts the CPU preset); the script checks that it does.
 REF_TRAIN_FLOP_PER_SAMPLE_STEP = 7.25e9  # forward only; backward ~2x forward
 REF_GEN_FLOP_PER_FRAME = 6.43e9
 REF_DIMS = dict(F_dim=128, L_dim=32, N_dim=12, D_out_dim=192, frame_H=32, frame_W=64)
+MODULES = ("frame_encoder", "pose_encoder", "posterior", "fusion", "generator")
 # 2 Zen 4 cores x 2.6 GHz x 32 fp32 FLOP/cycle (two 256-bit FMA pipes)
 DEFAULT_PEAK_GFLOPS = 2 * 2.6 * 32
 
@@ -55,12 +58,27 @@ def _flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def _has_loop(compiled) -> bool:
-    """XLA's cost analysis counts a while-loop body once, whatever the trip count."""
+def _rollout_loops(compiled) -> list[str]:
+    """While loops other than the RNG's: XLA's cost analysis counts a loop body once,
+    whatever the trip count, so a rollout left as a loop is undercounted."""
     try:
-        return " while(" in compiled.as_text()
+        names = re.findall(r"while\(.*?op_name=\"([^\"]*)\"", compiled.as_text())
     except Exception:
-        return False
+        return []
+    return [n for n in names if not any(r in n for r in ("threefry", "_normal", "_uniform", "random"))]
+
+
+def conv_flops(cfg) -> dict[str, float]:
+    """Forward FLOPs per module for one 1-sample frame, counted as torch's FlopCounter does:
+    2 per multiply-add of every convolution (all are stride 1 at full resolution)."""
+    from cvae_jax.train_step import build_model
+    model = nnx.eval_shape(lambda: build_model(cfg, jax.random.key(0)))
+    out = {}
+    for name in MODULES:
+        flat = jax.tree_util.tree_flatten_with_path(nnx.state(getattr(model, name), nnx.Param))[0]
+        out[name] = float(sum(2 * np.prod(leaf.shape) * cfg.frame_H * cfg.frame_W
+                              for path, leaf in flat if "kernel" in jax.tree_util.keystr(path)))
+    return out
 
 
 def _timed(fn):
@@ -86,6 +104,15 @@ def bench_preset(name: str, args) -> dict:
     (graphdef, state), res["init_s"] = _timed(lambda: init_state(cfg, jax.random.key(0)))
     res["params"] = int(sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
     log(f"initialised {res['params']:,} params in {res['init_s']:.1f} s")
+    per_module = conv_flops(cfg)
+    f = per_module
+    train_fwd = 2 * f["frame_encoder"] + f["pose_encoder"] + f["posterior"] + f["fusion"] + f["generator"]
+    gen_frame = f["frame_encoder"] + f["pose_encoder"] + f["fusion"] + f["generator"]
+    res["conv_flop_per_module"] = per_module
+    res["ref_train_flop_per_sample_step_fwd"], res["ref_gen_flop_per_frame"] = train_fwd, gen_frame
+    if _is_reference_dims(cfg):  # the counting method must reproduce the reference notes
+        assert abs(train_fwd - REF_TRAIN_FLOP_PER_SAMPLE_STEP) < 0.01e9, train_fwd
+        assert abs(gen_frame - REF_GEN_FLOP_PER_FRAME) < 0.01e9, gen_frame
 
     # ---- training step
     frames = jnp.asarray(r.uniform(size=(b, t, h, w, 3)), jnp.float32)
@@ -109,14 +136,12 @@ def bench_preset(name: str, args) -> dict:
     res["train_step_all_s"] = times
     log(f"train step {res['train_step_s']:.3f} s (median of {len(times)})")
 
-    flop = {}
-    if _is_reference_dims(cfg):
-        flop["reference"] = REF_TRAIN_FLOP_PER_SAMPLE_STEP * 3 * b * (t - 1)
+    flop = {"reference": train_fwd * 3 * b * (t - 1)}  # forward + backward ~ 3 x forward
     if not args.no_xla_flops:
         xla = _flops(compiled)
         if xla is not None:
             flop["xla_cost_analysis"] = xla
-            res["train_xla_has_loop"] = _has_loop(compiled)
+            res["train_rollout_loops"] = _rollout_loops(compiled)
     res["train_flop"] = flop
 
     # ---- generation (batch 1)
@@ -139,9 +164,7 @@ def bench_preset(name: str, args) -> dict:
     res["gen_frame_ms"] = 1e3 * res["gen_video_s"] / (args.frames - 1)
     log(f"generation {res['gen_video_s']:.2f} s per {args.frames}-frame video")
 
-    flop = {}
-    if _is_reference_dims(cfg):
-        flop["reference"] = REF_GEN_FLOP_PER_FRAME * (args.frames - 1)
+    flop = {"reference": gen_frame * (args.frames - 1)}
     if not args.no_xla_flops:
         # generation is a loop over frames, which cost analysis counts once: count one step
         def one_step(params, batch_stats, prev, pose, z):
@@ -173,8 +196,9 @@ def print_table(results: list[dict], peak: float) -> None:
     print(f"training step: batch {results[0]['batch']}, {results[0]['clip_frames']}-frame clip, "
           f"{results[0]['frame_hw'][0]}x{results[0]['frame_hw'][1]}; generation: batch 1, "
           f"{results[0]['gen_frames']} frames")
-    print(f"peak fp32: {peak:.0f} GFLOP/s; GFLOP columns: ref = Lab4 reference counts (reference "
-          "dims only), xla = XLA cost_analysis\n")
+    print(f"peak fp32: {peak:.0f} GFLOP/s; GFLOP columns: ref = convolution multiply-adds x 2 as in "
+          "the Lab4 reference notes (7.25 GFLOP per sample-step forward x 3 for training, 6.43 per "
+          "generated frame at reference dims), xla = XLA cost_analysis (all ops)\n")
     head = (f"{'preset':<6} {'params':>10} {'init s':>7} | {'train compile s':>15} {'s/step':>8} "
             f"{'GFLOP ref':>9} {'GFLOP xla':>9} {'GFLOP/s ref':>11} {'GFLOP/s xla':>11} | "
             f"{'gen compile s':>13} {'s/video':>8} {'ms/frame':>8} {'GFLOP/s ref':>11} {'GFLOP/s xla':>11}")
@@ -195,8 +219,8 @@ def print_table(results: list[dict], peak: float) -> None:
             best = g.get("reference", g.get("xla_cost_analysis"))
             if best is not None:
                 print(f"{r['preset']} {kind}: {100 * best / peak:.1f} % of peak")
-        if r.get("train_xla_has_loop"):
-            print(f"{r['preset']}: the training step keeps a while loop (scan_unroll < clip length), "
+        if r.get("train_rollout_loops"):
+            print(f"{r['preset']}: the training step keeps its rollout loop (scan_unroll < clip length), "
                   "so its XLA FLOP count covers one loop iteration only")
 
 

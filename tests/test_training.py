@@ -70,8 +70,45 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+DP_SCRIPT = """
+import json, sys
+import jax
+from cvae_jax.config import Config
+from cvae_jax.training import train_and_evaluate
+assert jax.device_count() == 2, jax.devices()
+run = train_and_evaluate(Config.from_json(json.loads(sys.argv[1])), log=lambda line: None)
+print("DEVICES", jax.device_count())
+"""
+
+
+def subprocess_env(**extra):
+    """This environment (so the XLA cache is shared), the repo importable, and train.py's
+    own cache root pointed at the session's instead of ~/.cache."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("CVAE_JAX_CACHE", str(CACHE_ROOT))
+    env.update(extra)
+    return env
+
+
 @pytest.fixture(scope="module")
-def full_run(workdir):
+def dp_process(workdir):
+    """The data-parallel run, started before the single-device one so that their (different)
+    compilations share the two cores instead of queueing."""
+    from cvae_jax.data.dance import load_dance
+    cfg = tiny_config(workdir, num_epoch=1, run_name="dp")
+    load_dance(cfg, log=QUIET)  # write the dataset before two processes want it
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    with open(workdir / "dp.out", "w") as out, open(workdir / "dp.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", DP_SCRIPT, json.dumps(cfg.to_json())], cwd=ROOT,
+                                env=env, stdout=out, stderr=err, text=True)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def full_run(workdir, dp_process):
     """Two uninterrupted epochs; the reference for the resume and data-parallel tests."""
     return train_and_evaluate(tiny_config(workdir, run_name="full"), log=QUIET)
 
@@ -113,45 +150,30 @@ def test_new_run_refuses_an_existing_run_folder(workdir, full_run):
         train_and_evaluate(tiny_config(workdir, run_name="full"), log=QUIET)
 
 
-# --------------------------------------------------------------------------- data parallel
-
-DP_SCRIPT = """
-import json, sys
-import jax
-from cvae_jax.config import Config
-from cvae_jax.training import train_and_evaluate
-assert jax.device_count() == 2, jax.devices()
-run = train_and_evaluate(Config.from_json(json.loads(sys.argv[1])), log=lambda line: None)
-print("DEVICES", jax.device_count())
-"""
-
-
-def subprocess_env(**extra):
-    """This environment (so the XLA cache is shared), the repo importable, and train.py's
-    own cache root pointed at the session's instead of ~/.cache."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.setdefault("CVAE_JAX_CACHE", str(CACHE_ROOT))
-    env.update(extra)
-    return env
-
-
-def test_data_parallel_matches_single_device(workdir, full_run):
+def test_data_parallel_matches_single_device(workdir, full_run, dp_process):
     """Batch split over two host devices: the same training up to summation order."""
     cfg = tiny_config(workdir, num_epoch=1, run_name="dp")
-    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    proc = subprocess.run([sys.executable, "-c", DP_SCRIPT, json.dumps(cfg.to_json())], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "DEVICES 2" in proc.stdout
+    assert dp_process.wait(timeout=900) == 0, (workdir / "dp.err").read_text()[-4000:]
+    assert "DEVICES 2" in (workdir / "dp.out").read_text()
 
     got, _ = restored(workdir / "runs" / "dp")
     want, _ = restored(full_run, step=2)  # the single-device run after the same two steps
     assert int(got.step) == int(want.step) == 2
+    # Adam divides each gradient element by its own magnitude, so an element whose gradient
+    # is rounding noise (e.g. the conv bias in front of the pose BatchNorm, whose exact
+    # gradient is 0) moves by +-lr whatever the summation order. So: nearly every element
+    # agrees to summation-order precision, and none strays beyond Adam's step bound.
+    close = total = 0
     for a, b in zip(leaves((got.params, got.batch_stats)), leaves((want.params, want.batch_stats)),
                     strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    assert records(workdir / "runs" / "dp")[0]["loss"] == pytest.approx(records(full_run)[0]["loss"],
-                                                                        rel=1e-4)
+        close += int(np.isclose(a, b, rtol=1e-4, atol=1e-5).sum())
+        total += a.size
+        assert np.abs(a - b).max() <= 2 * int(got.step) * cfg.lr * 1.01
+    assert close >= 0.999 * total, f"{total - close} of {total} elements differ"
+    got_record, want_record = records(workdir / "runs" / "dp")[0], records(full_run)[0]
+    for key in ("loss", "mse", "kl", "grad_norm"):
+        assert got_record[key] == pytest.approx(want_record[key], rel=1e-4), key
+    assert got_record["val_psnr"] == pytest.approx(want_record["val_psnr"], abs=0.01)
 
 
 # --------------------------------------------------------------------------- notebook API
