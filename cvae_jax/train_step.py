@@ -91,8 +91,8 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: -sched.lr * u, updates)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                       param_norm=optax.global_norm(params),
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
+                       param_norm=optax.tree.norm(params),
                        teacher=jnp.mean(teacher))
         return TrainState(params, batch_stats, opt_state, state.step + 1), metrics
 
