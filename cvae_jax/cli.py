@@ -58,7 +58,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                    help="defaults to start from: cpu (small, minutes on a laptop) or lab4 (reference dims)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its latest checkpoint "
-                   "(its saved config is used; only --num_epoch may change)")
+                   "(its saved config is used; only --num_epoch may change, which stretches cosine LR "
+                   "and per-step KL schedules)")
     add_config_flags(p)
     return p
 

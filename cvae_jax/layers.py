@@ -24,7 +24,7 @@ def _torch_uniform(key, shape, fan_in):
     """U(+-1/sqrt(fan_in)) drawn with NumPy from the JAX key's bits: deterministic per key,
     and ~0.1 s for the whole model instead of one XLA compile per parameter shape."""
     bound = 1.0 / math.sqrt(fan_in)
-    if isinstance(key, jax.core.Tracer):  # traced (eval_shape, jit): only shapes matter
+    if isinstance(key, jax.core.Tracer):  # traced (eval_shape, jit): for shapes only; values differ
         return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
     return jnp.asarray(rng.uniform(-bound, bound, shape).astype(np.float32))

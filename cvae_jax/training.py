@@ -118,7 +118,12 @@ def new_run_dir(cfg: Config) -> pathlib.Path:
 
 def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                        num_epoch: int | None = None, log=print) -> pathlib.Path:
-    """Train (or resume) a run; returns the run folder."""
+    """Train (or resume) a run; returns the run folder.
+
+    A resume that raises `num_epoch` continues exactly only for schedules that do not
+    depend on the run length: cosine LR and per-step KL annealing are stretched to the new
+    total from the resumed step on.
+    """
     t_start = time.perf_counter()
     if resume:
         run_dir = pathlib.Path(resume)
@@ -183,9 +188,11 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                                       jax.device_put(poses, batch_sharding), sched, epoch_key, step_key)
                 m = {k: float(v) for k, v in m.items()}
                 if not np.isfinite(m["loss"]):
-                    raise FloatingPointError(
-                        f"non-finite loss {m['loss']} at epoch {epoch}, step {global_step}; the last "
-                        f"checkpoint in {run_dir / 'checkpoints'} is intact (lower --lr?)")
+                    saved = (f"the last checkpoint in {run_dir / 'checkpoints'} is intact"
+                             if last_mgr.latest_step() is not None else
+                             f"no checkpoint was saved yet in {run_dir / 'checkpoints'}")
+                    raise FloatingPointError(f"non-finite loss {m['loss']} at epoch {epoch}, step "
+                                             f"{global_step}; {saved} (lower --lr?)")
                 global_step += 1
                 progress.step_in_epoch = i + 1
                 for k, v in m.items():
