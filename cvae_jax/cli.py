@@ -89,11 +89,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 def enable_compilation_cache() -> None:
     """Persist compiled programs so a second run skips the minute of XLA compilation."""
-    import os
-    import pathlib
-
     import jax
-    base = os.environ.get("CVAE_JAX_CACHE")
-    root = pathlib.Path(base).expanduser() if base else pathlib.Path.home() / ".cache" / "cvae_jax"
-    jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
+
+    from cvae_jax.data.dance_folder import default_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir().parent / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

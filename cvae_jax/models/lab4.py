@@ -53,32 +53,28 @@ class PoseEncoder(nnx.Module):
         return self.res(x), moments  # LeakyReLU(True) between them is the identity
 
 
-def _sequential(*layers):
-    return nnx.Sequential(*layers)
-
-
 class Lab4CVAE(nnx.Module):
     def __init__(self, F_dim: int = 128, L_dim: int = 32, N_dim: int = 12, D_out_dim: int = 192,
                  output_sigmoid: bool = False, *, rngs: nnx.Rngs):
         F, L, N, D = F_dim, L_dim, N_dim, D_out_dim
         self.N_dim, self.output_sigmoid = N, output_sigmoid
-        self.frame_encoder = _sequential(
+        self.frame_encoder = nnx.Sequential(
             ResidualBlock(3, 16, rngs=rngs), DepthConvBlock(16, 16, rngs=rngs),
             ResidualBlock(16, 32, rngs=rngs), DepthConvBlock(32, 32, rngs=rngs),
             ResidualBlock(32, 64, rngs=rngs), DepthConvBlock(64, 64, rngs=rngs),
             Conv(64, F, 3, padding=1, rngs=rngs))
         self.pose_encoder = PoseEncoder(L, rngs=rngs)
-        self.posterior = _sequential(
+        self.posterior = nnx.Sequential(
             ResidualBlock(F + L, N // 4, rngs=rngs), DepthConvBlock(N // 4, N // 4, rngs=rngs),
             ResidualBlock(N // 4, N // 2, rngs=rngs), DepthConvBlock(N // 2, N // 2, rngs=rngs),
             ResidualBlock(N // 2, N, rngs=rngs), Identity(),
             Conv(N, 2 * N, 1, rngs=rngs))
         C = F + L + N
-        self.fusion = _sequential(
+        self.fusion = nnx.Sequential(
             DepthConvBlock(C, C, rngs=rngs), ResidualBlock(C, C // 4, rngs=rngs),
             DepthConvBlock(C // 4, C // 2, rngs=rngs), ResidualBlock(C // 2, C // 2, rngs=rngs),
             DepthConvBlock(C // 2, D // 2, rngs=rngs), Conv(D // 2, D, 1, rngs=rngs))
-        self.generator = _sequential(
+        self.generator = nnx.Sequential(
             DepthConvBlock(D, D, rngs=rngs), ResidualBlock(D, D // 2, rngs=rngs),
             DepthConvBlock(D // 2, D // 2, rngs=rngs), ResidualBlock(D // 2, D // 4, rngs=rngs),
             DepthConvBlock(D // 4, D // 4, rngs=rngs), ResidualBlock(D // 4, D // 8, rngs=rngs),
