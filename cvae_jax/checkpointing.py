@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cvae_jax.config import Config
+from cvae_jax.train_step import init_state, make_generate
 
 CONFIG_FILE = "config.json"
 
@@ -76,12 +77,9 @@ class Generator:
     """A restored model, ready to generate: `frames = m.generate(first_frame, poses, key)`."""
 
     def __init__(self, cfg: Config, graphdef, params, batch_stats, meta: dict, path):
-        from cvae_jax.train_step import make_generate
         self.config, self.params, self.batch_stats, self.meta, self.path = (
             cfg, params, batch_stats, meta, path)
-        self._generate = {}
-        self._graphdef = graphdef
-        self._make_generate = make_generate
+        self._graphdef, self._generate = graphdef, {}
 
     def generate(self, first_frame, poses, key=None, z_mode: str | None = None) -> np.ndarray:
         """first_frame (H, W, 3) or (B, H, W, 3) and poses (T, H, W, 3) or (B, T, H, W, 3),
@@ -97,7 +95,7 @@ class Generator:
                              f"(optionally batched), got {first_frame.shape} and {poses.shape}")
         mode = z_mode or self.config.z_mode
         if mode not in self._generate:
-            self._generate[mode] = self._make_generate(self._graphdef, self.config.replace(z_mode=mode))
+            self._generate[mode] = make_generate(self._graphdef, self.config.replace(z_mode=mode))
         key = jax.random.key(0) if key is None else key
         out = np.asarray(self._generate[mode](self.params, self.batch_stats, first_frame, poses, key))
         return out[0] if single else out
@@ -109,7 +107,6 @@ def load_checkpoint(run_dir, which: str = "best") -> Generator:
     which: "best" (by validation PSNR; falls back to the latest when no validation ran)
     or "latest". Needs nothing but the run folder.
     """
-    from cvae_jax.train_step import init_state
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     run_dir = pathlib.Path(run_dir)

@@ -33,7 +33,6 @@ class Progress:
     epoch: int = 0            # epoch in progress
     step_in_epoch: int = 0    # batches of that epoch already applied
     adaptive_tfr: dict | None = None
-    best_val_psnr: float | None = None
 
     def to_json(self, base_key, cfg: Config) -> dict:
         """The checkpoint's `meta` item: this state, the base key, and the resolved config
@@ -92,7 +91,7 @@ def schedule_at(cfg: Config, epoch: int, global_step: int, n_total: int, progres
     return Schedule(*(jnp.float32(v) for v in (lr, beta, tfr)))
 
 
-def validate(generate, state, data: DanceData, base_key, cfg: Config):
+def validate(generate, state, data: DanceData, base_key):
     """Per-(video, frame) PSNR of prior rollouts of every validation video (frames 1..T-1)."""
     preds = []
     for i in range(data.val_frames.shape[0]):
@@ -165,7 +164,6 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     generate = make_generate(graphdef, cfg)
     baseline = copy_first_frame_psnr(data)
     global_step = int(state.step)
-    last_psnr = None
     epoch_start_step = global_step - progress.step_in_epoch
 
     try:
@@ -206,10 +204,9 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                       "beta": float(sched.beta), "tfr": float(sched.tfr), "lr": float(sched.lr),
                       "steps": global_step, "seconds": round(time.perf_counter() - t_start, 1)}
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.num_epoch:
-                psnr, preds = validate(generate, state, data, base_key, cfg)
-                last_psnr = float(np.nanmean(psnr))
-                record["val_psnr"] = last_psnr
-                _after_validation(cfg, progress, last_psnr)
+                psnr, preds = validate(generate, state, data, base_key)
+                record["val_psnr"] = float(np.nanmean(psnr))
+                _after_validation(cfg, progress, record["val_psnr"])
                 _write_run_figures(run_dir, records + [record], psnr, preds, data, baseline)
             progress.epoch, progress.step_in_epoch = epoch + 1, 0
             epoch_start_step = global_step
@@ -220,7 +217,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                 meta = progress.to_json(base_key, cfg)
                 checkpointing.save(last_mgr, global_step, state, meta)
                 if record.get("val_psnr") is not None:
-                    checkpointing.save(best_mgr, global_step, state, meta, {"val_psnr": last_psnr})
+                    checkpointing.save(best_mgr, global_step, state, meta, {"val_psnr": record["val_psnr"]})
     except KeyboardInterrupt:
         _save_interrupted(last_mgr, state, progress, epoch_start_step, base_key, cfg, run_dir, log)
         raise
@@ -246,8 +243,6 @@ def _save_interrupted(manager, state, progress, epoch_start_step, base_key, cfg,
 
 
 def _after_validation(cfg: Config, progress: Progress, val_psnr: float) -> None:
-    if progress.best_val_psnr is None or val_psnr > progress.best_val_psnr:
-        progress.best_val_psnr = val_psnr
     if cfg.tfr_adaptive:
         state = schedules.AdaptiveTFR.from_dict(progress.adaptive_tfr)
         progress.adaptive_tfr = schedules.adaptive_tfr_update(state, val_psnr, cfg.tfr_d_step,
