@@ -1,4 +1,4 @@
-"""Evaluate a run: `python evaluate.py --run runs/<name>` scores PSNR per frame on val."""
+"""Evaluate a run: `python evaluate.py --run runs/<name>` scores it on the validation split."""
 
 from cvae_jax.cli import enable_compilation_cache, evaluate_parser
 from cvae_jax.evaluation import evaluate
@@ -9,7 +9,8 @@ def main(argv=None):
     enable_compilation_cache()
     return evaluate(args.run, DR=args.DR, split=args.split, num_samples=args.num_samples,
                     z_mode=args.z_mode, which=args.which, save_frames=args.save_frames,
-                    out=args.out, seed=args.seed)
+                    out=args.out, seed=args.seed, data=args.data, data_dir=args.data_dir,
+                    n_future=args.n_future)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cvae_jax.config import Config
-from cvae_jax.train_step import init_state, make_generate
+from cvae_jax.train_step import init_state, make_generate, make_predict
 
 CONFIG_FILE = "config.json"
 
@@ -74,17 +74,51 @@ def key_from_json(data) -> jax.Array:
 
 
 class Generator:
-    """A restored model, ready to generate: `frames = m.generate(first_frame, poses, key)`."""
+    """A restored model, ready to generate.
+
+    lab4: `frames = m.generate(first_frame, poses, key)`;
+    svg:  `future = m.predict(context, cond, key, n_future=10)`.
+    """
 
     def __init__(self, cfg: Config, graphdef, params, batch_stats, meta: dict, path):
         self.config, self.params, self.batch_stats, self.meta, self.path = (
             cfg, params, batch_stats, meta, path)
-        self._graphdef, self._generate = graphdef, {}
+        self._graphdef, self._generate, self._predict = graphdef, {}, {}
+
+    def _require(self, model: str, method: str) -> None:
+        if self.config.model != model:
+            other = "predict(context, cond, key)" if model == "lab4" else "generate(first_frame, poses, key)"
+            raise TypeError(f"{method} is for --model {model} runs; {self.path} holds a "
+                            f"{self.config.model} model: use {other}")
+
+    def predict(self, context, cond, key=None, n_future: int | None = None,
+                z_mode: str | None = None) -> np.ndarray:
+        """SVG: context (n_past, 64, 64, 3) and cond (>= n_past + n_future, 7), optionally
+        batched, floats (frames in [0, 1]); returns the n_future predicted frames."""
+        self._require("svg", "predict")
+        cfg = self.config
+        context, cond = np.asarray(context, np.float32), np.asarray(cond, np.float32)
+        single = context.ndim == 4
+        if single:
+            context, cond = context[None], cond[None]
+        n_future = n_future or cfg.n_future
+        if (context.ndim != 5 or context.shape[1:] != (cfg.n_past, 64, 64, 3) or cond.ndim != 3
+                or cond.shape[0] != context.shape[0] or cond.shape[2] != 7
+                or cond.shape[1] < cfg.n_past + n_future):
+            raise ValueError(f"expected context ({cfg.n_past}, 64, 64, 3) and cond (>= {cfg.n_past + n_future}, 7) "
+                             f"(optionally batched), got {context.shape} and {cond.shape}")
+        opts = (n_future, z_mode or cfg.z_mode)
+        if opts not in self._predict:
+            self._predict[opts] = make_predict(self._graphdef, cfg, n_future=opts[0], z_mode=opts[1])
+        key = jax.random.key(0) if key is None else key
+        out = np.asarray(self._predict[opts](self.params, self.batch_stats, (context, cond), key))
+        return out[0] if single else out
 
     def generate(self, first_frame, poses, key=None, z_mode: str | None = None) -> np.ndarray:
         """first_frame (H, W, 3) or (B, H, W, 3) and poses (T, H, W, 3) or (B, T, H, W, 3),
         floats in [0, 1] at the model's frame size. Returns frames shaped like the poses,
         with the first frame at index 0."""
+        self._require("lab4", "generate")
         first_frame, poses = np.asarray(first_frame, np.float32), np.asarray(poses, np.float32)
         single = poses.ndim == 4
         if single:

@@ -12,7 +12,7 @@ import dataclasses
 import types
 import typing
 
-from cvae_jax.config import PRESETS, Config, preset
+from cvae_jax.config import PRESET_NAMES, PRESETS, Config, preset
 
 FLAG_HELP = {
     "DR": "dataset root in the reference layout; omit for the built-in synthetic dance",
@@ -27,7 +27,30 @@ FLAG_HELP = {
     "steps_per_epoch": "cap on batches per epoch (default: one pass over the clips)",
     "scan_unroll": "rollout steps per loop iteration in training (XLA CPU is faster unrolled)",
     "per_save": "checkpoint every N epochs", "keep_last": "checkpoints kept besides the best",
+    "model": "lab4 (pose-conditioned CVAE) or svg (action-conditioned SVG on BAIR)",
+    "data": "synthetic (built in), folder (--DR) or tfds (--data_dir; svg only)",
+    "data_dir": "TFDS data_dir holding a prepared bair_robot_pushing_small",
+    "camera": "BAIR camera read from TFDS", "prior": "svg: fixed N(0, I) prior (SVG-FP) or learned (SVG-LP)",
+    "vgg_width": "svg: channels of the first VGG stage (64 = reference)",
+    "last_frame_skip": "svg: decoder skips from the previous frame instead of the last context frame",
+    "skip_compat": "svg: skips from frame n_past-2 as edenton/svg's loops do (for its published numbers)",
+    "beta": "KL weight that annealing ramps to (the constant weight with --kl_anneal_type None)",
+    "beta1": "Adam beta1", "grad_clip": "clip gradients to this global norm (0: off)",
+    "val_sequences": "svg: validate on at most this many sequences",
 }
+
+# The SVG course trainer's flag names for the same settings.
+ALIASES = {"tfr_sde": ["tfr_start_decay_epoch"], "tfr_d_step": ["tfr_decay_step"],
+           "tfr_floor": ["tfr_lower_bound"], "steps_per_epoch": ["epoch_size"],
+           "num_epoch": ["niter"], "DR": ["data_root"]}
+
+
+class _Cyclical(argparse.Action):
+    """--kl_anneal_cyclical / --no-kl_anneal_cyclical: the SVG trainer's switch between
+    cyclical and monotonic KL annealing."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.kl_anneal_type = "Monotonic" if option_string.startswith("--no-") else "Cyclical"
 
 
 def _field_type(field: dataclasses.Field):
@@ -42,21 +65,26 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if field.name in ("preset",):
             continue
         typ = _field_type(field)
-        kwargs = dict(default=argparse.SUPPRESS, help=FLAG_HELP.get(field.name))
+        names = [f"--{n}" for n in [field.name] + ALIASES.get(field.name, [])]
+        kwargs = dict(default=argparse.SUPPRESS, help=FLAG_HELP.get(field.name), dest=field.name)
         if typ is bool:
-            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(typ) is tuple:
-            parser.add_argument(f"--{field.name}", type=int, nargs="+", **kwargs)
+            parser.add_argument(*names, type=int, nargs="+", **kwargs)
         else:
-            parser.add_argument(f"--{field.name}", type=typ, **kwargs)
+            parser.add_argument(*names, type=typ, **kwargs)
+    parser.add_argument("--kl_anneal_cyclical", "--no-kl_anneal_cyclical", action=_Cyclical, nargs=0,
+                        default=argparse.SUPPRESS, help="KL annealing cyclical (else monotonic), "
+                        "as the SVG trainer's flag; same as --kl_anneal_type Cyclical/Monotonic")
 
 
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train.py", description="Train a cvae-jax model. With no --DR, trains the CPU preset "
-        "on the built-in synthetic dance dataset.")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                   help="defaults to start from: cpu (small, minutes on a laptop) or lab4 (reference dims)")
+        prog="train.py", description="Train a cvae-jax model. With no data flags, trains the CPU "
+        "preset of --model (lab4 by default) on its built-in synthetic dataset.")
+    p.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                   help="defaults to start from: cpu (small, minutes on a laptop; per model), lab4 "
+                   "(Lab4 reference), bair (the SVG course trainer), svg_lp (SVG-LP paper recipe)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its latest checkpoint "
                    "(its saved config is used; only --num_epoch may change, which stretches cosine LR "
                    "and per-step KL schedules)")
@@ -65,19 +93,32 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(Config)}}
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in {f.name for f in dataclasses.fields(Config)} and k != "preset"}
     if "lr_milestones" in overrides:
         overrides["lr_milestones"] = tuple(overrides["lr_milestones"])
-    return preset(args.preset).replace(**overrides).validated()
+    if args.preset is None:
+        base = preset("cpu", overrides.get("model", "lab4"))
+    else:
+        base = preset(args.preset, overrides.get("model"))
+    return base.replace(**overrides).validated()
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evaluate.py", description="Roll out every video of a split "
-                                "from its first frame and poses and score PSNR per frame.")
+    p = argparse.ArgumentParser(prog="evaluate.py", description="Score a run on a split: lab4 rolls "
+                                "out every video from its first frame and poses (PSNR per frame); svg "
+                                "predicts n_future frames after n_past context frames (PSNR and SSIM "
+                                "per frame, both definitions, best of N samples and their mean).")
     p.add_argument("--run", required=True, help="run folder made by train.py")
-    p.add_argument("--DR", help="dataset root (default: the one the run trained on)")
-    p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--num_samples", type=int, default=1, help="z samples per video")
+    p.add_argument("--DR", "--data_root", dest="DR", help="dataset root (default: the one the run trained on)")
+    p.add_argument("--data", choices=("synthetic", "folder", "tfds"), help="data source (default: the run's)")
+    p.add_argument("--data_dir", help="svg: TFDS data_dir (with --data tfds)")
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="val (svg: the validate folder, or TFDS test) or test")
+    p.add_argument("--n_future", type=int, help="svg: frames to predict after the context "
+                   "(default: the run's, 10 like the course; 28 for the paper protocol)")
+    p.add_argument("--num_samples", type=int, help="z samples per sequence (default 1 for lab4; "
+                   "5 for svg, scored as best of N by mean SSIM and as the mean over N)")
     p.add_argument("--z_mode", choices=("sample", "mean"), help="draw z ~ N(0, I) or use its mean")
     p.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint to restore")
     p.add_argument("--save_frames", metavar="OUT.npz", help="save predictions as npz array 'pred' "

@@ -1,6 +1,7 @@
-"""Evaluate a run: prior rollouts of every video of a split, PSNR per frame, GIFs.
+"""Evaluate a run: prior rollouts of every sequence of a split, metrics per frame, GIFs.
 
-Protocol: each video is generated from its first frame and all its poses, z ~ N(0, I)
+SVG runs are scored by `svg_evaluation` (predicted frames only, best of N). Lab4
+protocol: each video is generated from its first frame and all its poses, z ~ N(0, I)
 per step (or its mean), and every generated frame 1..T-1 is scored with PSNR (data range
 1, per frame over all pixels) against the ground truth. The test split of the reference
 layout (first frame + poses, no ground truth) is generated but not scored.
@@ -17,6 +18,7 @@ from cvae_jax import media, metrics, plots
 from cvae_jax.checkpointing import load_checkpoint
 from cvae_jax.data import dance_folder
 from cvae_jax.data.dance import cache_root, dataset_root
+from cvae_jax.svg_evaluation import evaluate_svg
 
 
 def _sequences(cfg, split: str, log):
@@ -32,16 +34,31 @@ def _sequences(cfg, split: str, log):
     return [(f"val{i}", v[0], p, v) for i, (v, p) in enumerate(zip(videos, video_poses))]
 
 
-def evaluate(run, DR=None, split="val", num_samples=1, z_mode=None, which="best",
-             save_frames=None, out=None, seed=0, log=print) -> dict:
-    """Returns {"mean_psnr", "psnr" (videos, samples, frames) or None, "out"}."""
+def evaluate(run, DR=None, split="val", num_samples=None, z_mode=None, which="best",
+             save_frames=None, out=None, seed=0, log=print, data=None, data_dir=None,
+             n_future=None) -> dict:
+    """Returns {"mean_psnr", "out", ...}: lab4 adds "psnr" (videos, samples, frames) or None;
+    svg adds per-sample "scores" and the "best"/"mean" per-frame metrics and a "summary".
+
+    DR / data / data_dir override where the run's data came from; n_future (svg) the
+    prediction horizon (28 for the paper protocol). num_samples: default 1 for lab4,
+    5 for svg (best of 5)."""
+    model = load_checkpoint(run, which=which)
+    svg = model.config.model == "svg"
+    num_samples = num_samples if num_samples is not None else (5 if svg else 1)
     if num_samples < 1:
         raise ValueError(f"--num_samples must be at least 1, got {num_samples}")
-    model = load_checkpoint(run, which=which)
-    cfg = model.config if DR is None else model.config.replace(DR=str(DR))
+    changes = {k: v for k, v in (("DR", None if DR is None else str(DR)), ("data", data),
+                                 ("data_dir", data_dir), ("n_future", n_future)) if v is not None}
+    if "n_future" in changes and not svg:
+        raise ValueError("--n_future applies to svg runs; lab4 generates whole videos")
+    cfg = model.config.replace(**changes).validated()
     out = pathlib.Path(out) if out else pathlib.Path(run) / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
     mode = z_mode or cfg.z_mode
+    if svg:
+        model.config = cfg
+        return evaluate_svg(model, cfg, split, num_samples, mode, out, seed, save_frames, log)
     base = jax.random.key(seed)
     scores, ssims, firsts = [], [], []
     for v, (name, first, poses, truth) in enumerate(_sequences(cfg, split, log)):

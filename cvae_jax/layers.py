@@ -1,4 +1,4 @@
-"""The Lab4 building blocks (modules/layers.py of the reference), NHWC.
+"""Building blocks shared by the models (Lab4's modules/layers.py, SVG's BatchNorm), NHWC.
 
 Convolutions are written for XLA's CPU backend: 1x1 convolutions are matmuls and the
 depthwise 3x3 convolution is nine shifted multiply-adds, because XLA's grouped
@@ -20,25 +20,41 @@ DEFAULT_SLOPE = 0.01  # PyTorch's LeakyReLU default, used by every reference blo
 FFN_SLOPE = 0.1  # hard-coded in the reference ConvFFN (its `slope` argument is ignored)
 
 
+def _host_rng(key) -> np.random.Generator:
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)))
+
+
+def normal_init(key, shape, std: float, mean: float = 0.0):
+    """N(mean, std) drawn like `_torch_uniform` (SVG's `init_weights`)."""
+    if isinstance(key, jax.core.Tracer):
+        return mean + std * jax.random.normal(key, shape, jnp.float32)
+    return jnp.asarray((mean + std * _host_rng(key).standard_normal(shape)).astype(np.float32))
+
+
 def _torch_uniform(key, shape, fan_in):
     """U(+-1/sqrt(fan_in)) drawn with NumPy from the JAX key's bits: deterministic per key,
     and ~0.1 s for the whole model instead of one XLA compile per parameter shape."""
     bound = 1.0 / math.sqrt(fan_in)
     if isinstance(key, jax.core.Tracer):  # traced (eval_shape, jit): for shapes only; values differ
         return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
-    return jnp.asarray(rng.uniform(-bound, bound, shape).astype(np.float32))
+    return jnp.asarray(_host_rng(key).uniform(-bound, bound, shape).astype(np.float32))
 
 
 class Conv(nnx.Module):
     """Dense 2-D convolution with zero padding; 1x1 stride-1 becomes a matmul."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
-                 padding: int = 0, rngs: nnx.Rngs):
+                 padding: int = 0, init_std: float | None = None, rngs: nnx.Rngs):
+        """init_std=None: PyTorch's default init; a number: N(0, init_std), zero bias."""
         fan_in = in_ch * kernel * kernel
+        shape = (kernel, kernel, in_ch, out_ch)
         self.stride, self.padding = stride, padding
-        self.kernel = nnx.Param(_torch_uniform(rngs.params(), (kernel, kernel, in_ch, out_ch), fan_in))
-        self.bias = nnx.Param(_torch_uniform(rngs.params(), (out_ch,), fan_in))
+        if init_std is None:
+            self.kernel = nnx.Param(_torch_uniform(rngs.params(), shape, fan_in))
+            self.bias = nnx.Param(_torch_uniform(rngs.params(), (out_ch,), fan_in))
+        else:
+            self.kernel = nnx.Param(normal_init(rngs.params(), shape, init_std))
+            self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32))
 
     def __call__(self, x):
         k = self.kernel[...]
@@ -128,18 +144,19 @@ class DepthConvBlock(nnx.Module):
 
 
 class FrameBatchNorm(nnx.Module):
-    """BatchNorm2d whose batch statistics are taken per frame time step.
+    """BatchNorm2d (or, with spatial=False, BatchNorm1d) with statistics per time step.
 
-    Inputs are (..., B, H, W, C); statistics reduce over (B, H, W) and keep any leading
-    (time) axes, so encoding all T poses of a clip at once normalises exactly as the
-    reference's T separate calls do. The module never mutates itself: `__call__` returns
-    the batch moments and the caller folds them into the running averages, which keeps
-    the training step a pure function.
+    Inputs are (..., B, H, W, C) (or (..., B, C)); statistics reduce over (B, H, W) and keep
+    any leading (time) axes, so encoding all T frames of a clip at once normalises exactly
+    as the reference's T separate calls do. The module never mutates itself: `__call__`
+    returns the batch moments and the caller folds them into the running averages, which
+    keeps the training step a pure function.
     """
 
-    def __init__(self, ch: int, eps: float = 1e-5, momentum: float = 0.1):
-        self.eps, self.momentum = eps, momentum
-        self.scale = nnx.Param(jnp.ones((ch,), jnp.float32))
+    def __init__(self, ch: int, eps: float = 1e-5, momentum: float = 0.1, *, spatial: bool = True,
+                 scale=None):
+        self.eps, self.momentum, self.spatial = eps, momentum, spatial
+        self.scale = nnx.Param(jnp.ones((ch,), jnp.float32) if scale is None else scale)
         self.bias = nnx.Param(jnp.zeros((ch,), jnp.float32))
         self.mean = nnx.BatchStat(jnp.zeros((ch,), jnp.float32))
         self.var = nnx.BatchStat(jnp.ones((ch,), jnp.float32))
@@ -148,22 +165,32 @@ class FrameBatchNorm(nnx.Module):
         if use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
-            axes = (-4, -3, -2)
+            axes = (-4, -3, -2) if self.spatial else (-2,)
             mean = jnp.mean(x, axes, keepdims=True)
             var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
         y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
         return y, (mean, var)
 
-    def updated_running_stats(self, mean, var, count: int):
-        """Running averages after one PyTorch-style update per leading (time) index."""
+    def updated_running_stats(self, mean, var, count: int | None):
+        """Running averages after one PyTorch-style update per leading (time) index.
+
+        count: elements behind each batch variance, to make it unbiased as torch does;
+        None when `var` is already unbiased."""
         m = self.momentum
         mean = mean.reshape(-1, mean.shape[-1])
-        var = var.reshape(-1, var.shape[-1]) * (count / max(count - 1, 1))  # unbiased, as torch
+        var = var.reshape(-1, var.shape[-1])
+        if count is not None:
+            var = var * (count / max(count - 1, 1))
         run_mean, run_var = self.mean[...], self.var[...]
         for t in range(mean.shape[0]):
             run_mean = (1 - m) * run_mean + m * mean[t]
             run_var = (1 - m) * run_var + m * var[t]
         return run_mean, run_var
+
+
+def reparameterize(mu, logvar, key):
+    """z = mu + exp(logvar / 2) * eps with an explicit key (no hidden RNG state)."""
+    return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
 
 
 def count_params(module: nnx.Module) -> int:

@@ -37,6 +37,16 @@ def psnr(pred: jax.Array, target: jax.Array, data_range: float = 1.0) -> jax.Arr
 
 
 @jax.jit
+def psnr_per_channel(pred: jax.Array, target: jax.Array, data_range: float = 1.0) -> jax.Array:
+    """SVG's `finn_psnr` averaged over channels, (..., H, W, C) -> (...): the PSNR of each
+    channel image, then their mean. Higher than `psnr` whenever channel errors differ
+    (a mean of logs is not the log of a mean), so the two must never be compared."""
+    pred, target = _as_float(pred), _as_float(target)
+    mse = jnp.mean((pred - target) ** 2, axis=(-3, -2))
+    return jnp.mean(20.0 * jnp.log10(data_range) - 10.0 * jnp.log10(mse), axis=-1)
+
+
+@jax.jit
 def psnr_batch_mean_compat(pred: jax.Array, target: jax.Array, data_range: float = 1.0) -> jax.Array:
     """The reference's Generate_PSNR: one PSNR from the MSE over *all* elements passed.
 
@@ -139,3 +149,9 @@ def ssim(
     if per_channel:
         return jnp.mean(jnp.mean(smap, axis=(-3, -2)), axis=-1)
     return jnp.mean(smap, axis=_IMAGE_AXES)
+
+
+def ssim_svg(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """SVG's `finn_ssim` averaged over channels: per-channel mean SSIM, NaN -> -1."""
+    value = ssim(pred, target, per_channel=True)
+    return jnp.where(jnp.isnan(value), -1.0, value)

@@ -120,3 +120,19 @@ def plot_psnr_per_frame(
     ax.legend()
     return _save(fig, path)
 
+
+
+def plot_curves(curves: dict, path, title: str, ylabel: str, first_frame_index: int = 1) -> Path:
+    """Named per-frame curves (each (frames,)) on one axis, e.g. best-of-N vs mean SSIM."""
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, y) in enumerate(curves.items()):
+        y = np.asarray(y, dtype=np.float64)
+        _plot_finite(ax, first_frame_index + np.arange(len(y)), y, color=f"C{i}",
+                     label=f"{label} (mean {_finite_mean(y):.3f})")
+    ax.set_xlabel("frame")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

@@ -56,12 +56,16 @@ def rollout(step: Step, first_frame, per_step, key, *, true_prev=None, teacher=N
 def teacher_forcing_mask(mode: str, ratio, epoch_key, step_key, n_steps: int, batch: int):
     """(T, B) teacher weights for one batch; `ratio` is traced, `mode` is static.
 
-    epoch: one Bernoulli(ratio) draw per epoch for everything (the reference);
-    clip: one draw per clip; frame: one per (frame, clip); blend: the ratio itself.
+    epoch: one Bernoulli(ratio) draw per epoch for everything (the Lab4 reference);
+    batch: one per batch (the SVG course template); clip: one per clip; frame: one per
+    (frame, clip); blend: the ratio itself.
     """
     ratio = jnp.asarray(ratio, jnp.float32)
     if mode == "epoch":
         hit = jax.random.uniform(epoch_key) < ratio
+        return jnp.broadcast_to(hit, (n_steps, batch)).astype(jnp.float32)
+    if mode == "batch":
+        hit = jax.random.uniform(step_key) < ratio
         return jnp.broadcast_to(hit, (n_steps, batch)).astype(jnp.float32)
     if mode == "clip":
         hit = jax.random.uniform(step_key, (batch,)) < ratio
@@ -70,7 +74,7 @@ def teacher_forcing_mask(mode: str, ratio, epoch_key, step_key, n_steps: int, ba
         return (jax.random.uniform(step_key, (n_steps, batch)) < ratio).astype(jnp.float32)
     if mode == "blend":
         return jnp.full((n_steps, batch), ratio, jnp.float32)
-    raise ValueError(f"--tf_mode must be one of epoch, clip, frame, blend; got {mode!r}")
+    raise ValueError(f"--tf_mode must be one of epoch, batch, clip, frame, blend; got {mode!r}")
 
 
 def time_major(x):

@@ -3,6 +3,8 @@
 Schedule values (learning rate, KL beta, teacher-forcing ratio) arrive as traced scalars so
 one compiled program serves the whole run. The optimizer is clip-by-global-norm then Adam's
 scaling; the learning rate multiplies the update inside the step for the same reason.
+Everything model-specific (the objective, which BatchNorm statistics to fold) comes from
+the model family named by `cfg.model` (see `cvae_jax.models`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cvae_jax import losses
+from cvae_jax import models
 from cvae_jax.config import Config
 from cvae_jax.models import lab4
 from cvae_jax.rollout import teacher_forcing_mask
@@ -35,13 +37,13 @@ class Schedule(NamedTuple):
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8))
+    """Adam's scaling (beta1 = --beta1), after clipping when --grad_clip > 0."""
+    adam = optax.scale_by_adam(b1=cfg.beta1, b2=0.999, eps=1e-8)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam) if cfg.grad_clip > 0 else adam
 
 
-def build_model(cfg: Config, key) -> lab4.Lab4CVAE:
-    return lab4.Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim,
-                         output_sigmoid=cfg.output_sigmoid, rngs=nnx.Rngs(params=key))
+def build_model(cfg: Config, key):
+    return models.family(cfg.model).build(cfg, key)
 
 
 def init_state(cfg: Config, key) -> tuple[Any, TrainState]:
@@ -51,43 +53,28 @@ def init_state(cfg: Config, key) -> tuple[Any, TrainState]:
     return graphdef, TrainState(params, batch_stats, opt_state, jnp.zeros((), jnp.int32))
 
 
-def _objective(graphdef, cfg: Config, params, batch_stats, frames, poses, teacher, key, beta):
-    model = nnx.merge(graphdef, params, batch_stats)
-    terms = lab4.training_rollout(model, frames, poses, teacher, key, remat=cfg.remat,
-                                  unroll=cfg.scan_unroll)
-    mse = jnp.sum(losses.mse_per_frame(terms.preds, terms.targets))
-    kl = jnp.sum(losses.kl_per_frame(terms.mu, terms.logvar))
-    loss = mse + beta * kl
-    smooth = jnp.zeros(())
-    if cfg.smooth_weight:
-        smooth = losses.temporal_smoothness(terms.preds, terms.targets, frames[:, 0])
-        loss = loss + cfg.smooth_weight * smooth
-    metrics = {"loss": loss, "mse": mse, "kl": kl, "smooth": smooth}
-    return loss, (metrics, jax.lax.stop_gradient(terms.pose_moments))
-
-
-def _with_running_stats(graphdef, params, batch_stats, moments, count):
-    """New BatchStat state after this step's per-frame pose BatchNorm updates."""
-    model = nnx.merge(graphdef, params, batch_stats)
-    bn = model.pose_encoder.bn
-    bn.mean[...], bn.var[...] = bn.updated_running_stats(*moments, count=count)
-    return nnx.state(model, nnx.BatchStat)
-
-
 def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
-    """A jitted step; donation lets XLA update the state in place."""
+    """A jitted `step(state, batch, sched, epoch_key, step_key)`; donation lets XLA update
+    the state in place. `batch` is the model family's tuple of arrays."""
     optimizer = make_optimizer(cfg)
+    fam = models.family(cfg.model)
 
-    def train_step(state: TrainState, frames, poses, sched: Schedule, epoch_key, step_key):
-        n_steps, batch = frames.shape[1] - 1, frames.shape[0]
+    def objective(params, batch_stats, batch, teacher, key, beta):
+        model = nnx.merge(graphdef, params, batch_stats)
+        loss, metrics, moments = fam.objective(model, batch, teacher, key, beta, cfg)
+        return loss, (metrics, jax.lax.stop_gradient(moments))
+
+    def train_step(state: TrainState, batch, sched: Schedule, epoch_key, step_key):
+        batch_size = batch[0].shape[0]
         tf_key, z_key = jax.random.split(step_key)
-        teacher = teacher_forcing_mask(cfg.tf_mode, sched.tfr, epoch_key, tf_key, n_steps, batch)
-        grad_fn = jax.value_and_grad(_objective, argnums=2, has_aux=True)
-        (_, (metrics, moments)), grads = grad_fn(
-            graphdef, cfg, state.params, state.batch_stats, frames, poses, teacher, z_key, sched.beta)
-        h, w = frames.shape[2:4]
-        batch_stats = _with_running_stats(graphdef, state.params, state.batch_stats, moments,
-                                          batch * h * w)
+        teacher = teacher_forcing_mask(cfg.tf_mode, sched.tfr, epoch_key, tf_key,
+                                       fam.teacher_steps(cfg, batch), batch_size)
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        (_, (metrics, moments)), grads = grad_fn(state.params, state.batch_stats, batch, teacher,
+                                                 z_key, sched.beta)
+        model = nnx.merge(graphdef, state.params, state.batch_stats)
+        fam.fold_batch_stats(model, moments, batch)
+        batch_stats = nnx.state(model, nnx.BatchStat)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: -sched.lr * u, updates)
         params = optax.apply_updates(state.params, updates)
@@ -99,8 +86,20 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
     return jax.jit(train_step, donate_argnums=(0,) if donate else ())
 
 
+def make_predict(graphdef, cfg: Config, **options):
+    """Jitted `predict(params, batch_stats, batch, key)` -> the frames a model is scored on
+    (Lab4: frames 1..T-1 from the first frame and poses; SVG: n_future frames after the
+    context). `options` (n_future, z_mode) are static."""
+    fam = models.family(cfg.model)
+
+    def predict(params, batch_stats, batch, key):
+        return fam.predict_batch(nnx.merge(graphdef, params, batch_stats), batch, key, cfg, **options)
+
+    return jax.jit(predict)
+
+
 def make_generate(graphdef, cfg: Config):
-    """Jitted `generate(params, batch_stats, first_frame, poses, key)`."""
+    """Jitted Lab4 `generate(params, batch_stats, first_frame, poses, key)` (all frames)."""
 
     def gen(params, batch_stats, first_frame, poses, key):
         model = nnx.merge(graphdef, params, batch_stats)

@@ -20,11 +20,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from cvae_jax import checkpointing, media, metrics, plots, schedules
+from cvae_jax import checkpointing, data as datasets, media, metrics, plots, schedules
 from cvae_jax.config import Config
-from cvae_jax.data import dance_folder
-from cvae_jax.data.dance import DanceData, load_dance
-from cvae_jax.train_step import Schedule, init_state, make_generate, make_train_step
+from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_step
 
 
 @dataclasses.dataclass
@@ -62,26 +60,15 @@ def _keys(base_key, epoch: int, global_step: int):
     return epoch_key, step_key
 
 
-def _partial_for(cfg: Config, epoch: int) -> float:
-    """The reference keeps `fast_partial` through epoch fast_train_epoch + 1."""
-    return cfg.fast_partial if cfg.fast_train and epoch <= cfg.fast_train_epoch + 1 else cfg.partial
-
-
-def steps_in_epoch(cfg: Config, n_frames: int, epoch: int) -> int:
-    full = dance_folder.steps_per_epoch(n_frames, cfg.train_vi_len, cfg.batch_size,
-                                        _partial_for(cfg, epoch))
-    return min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
-
-
-def total_steps(cfg: Config, n_frames: int) -> int:
-    return sum(steps_in_epoch(cfg, n_frames, e) for e in range(cfg.num_epoch))
+def total_steps(cfg: Config, data) -> int:
+    return sum(data.steps_in_epoch(e) for e in range(cfg.num_epoch))
 
 
 def schedule_at(cfg: Config, epoch: int, global_step: int, n_total: int, progress: Progress) -> Schedule:
     lr = schedules.learning_rate(cfg.lr_schedule, cfg.lr, epoch, global_step, n_total,
                                  cfg.lr_milestones, cfg.lr_gamma)
     per_step = cfg.kl_anneal_per == "step"
-    beta = schedules.kl_beta(cfg.kl_anneal_type, global_step if per_step else epoch,
+    beta = cfg.beta * schedules.kl_beta(cfg.kl_anneal_type, global_step if per_step else epoch,
                              n_total if per_step else cfg.num_epoch, cfg.kl_anneal_cycle,
                              cfg.kl_anneal_ratio)
     if cfg.tfr_adaptive:
@@ -91,23 +78,16 @@ def schedule_at(cfg: Config, epoch: int, global_step: int, n_total: int, progres
     return Schedule(*(jnp.float32(v) for v in (lr, beta, tfr)))
 
 
-def validate(generate, state, data: DanceData, base_key):
-    """Per-(video, frame) PSNR of prior rollouts of every validation video (frames 1..T-1)."""
+def validate(predict, state, data, base_key):
+    """Per-(sequence, frame) PSNR of prior rollouts of every validation sequence, scored on
+    the predicted frames only; returns (psnr, predictions)."""
     preds = []
-    for i in range(data.val_frames.shape[0]):
+    for i, (inputs, truth) in enumerate(data.val_batches()):
         key = jax.random.fold_in(jax.random.fold_in(base_key, 3), i)
-        out = generate(state.params, state.batch_stats, data.val_frames[i:i + 1, 0],
-                       data.val_poses[i:i + 1], key)
-        preds.append(np.asarray(out[0]))
-    preds = np.stack(preds)
-    psnr = np.asarray(metrics.psnr(preds[:, 1:], data.val_frames[:, 1:]))
-    return psnr, preds
-
-
-def copy_first_frame_psnr(data: DanceData) -> np.ndarray:
-    """The baseline every model must beat: repeat the given first frame."""
-    first = np.broadcast_to(data.val_frames[:, :1], data.val_frames[:, 1:].shape)
-    return np.asarray(metrics.psnr(first, data.val_frames[:, 1:]))
+        preds.append(np.asarray(predict(state.params, state.batch_stats, inputs, key))[:len(truth)])
+    preds = np.concatenate(preds)
+    truth = np.concatenate([t for _, t in data.val_batches()])
+    return np.asarray(metrics.psnr(preds, truth)), preds
 
 
 def new_run_dir(cfg: Config) -> pathlib.Path:
@@ -144,8 +124,8 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     batch_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
 
-    data = load_dance(cfg, log=log)
-    n_total = total_steps(cfg, len(data.train_frames))
+    data = datasets.load(cfg, log=log)
+    n_total = total_steps(cfg, data)
     base_key = jax.random.key(cfg.seed)
     graphdef, state = init_state(cfg, jax.random.fold_in(base_key, 0))
     last_mgr, best_mgr = checkpointing.managers(run_dir, cfg.keep_last)
@@ -161,29 +141,28 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     _write_records(run_dir, records)
 
     train_step = make_train_step(graphdef, cfg)
-    generate = make_generate(graphdef, cfg)
-    baseline = copy_first_frame_psnr(data)
+    predict = make_predict(graphdef, cfg)
+    baseline = data.baseline_psnr()
     global_step = int(state.step)
     epoch_start_step = global_step - progress.step_in_epoch
 
     try:
         for epoch in range(progress.epoch, cfg.num_epoch):
-            n_steps = steps_in_epoch(cfg, len(data.train_frames), epoch)
+            n_steps = data.steps_in_epoch(epoch)
             epoch_start_step = global_step - progress.step_in_epoch
             sched = schedule_at(cfg, epoch, global_step, n_total, progress)
-            batches = dance_folder.epoch_batches(data.train_frames, data.train_poses, cfg.train_vi_len,
-                                                 cfg.batch_size, cfg.seed, epoch, _partial_for(cfg, epoch))
+            batches = data.epoch_batches(epoch)
             sums, n_done, bar = {}, 0, tqdm(total=n_steps, initial=progress.step_in_epoch, desc=f"epoch {epoch}",
                                  dynamic_ncols=True, leave=False)
-            for i, (frames, poses) in enumerate(batches):
+            for i, batch in enumerate(batches):
                 if i >= n_steps:
                     break
                 if i < progress.step_in_epoch:
                     continue  # applied before the interruption
                 sched = schedule_at(cfg, epoch, global_step, n_total, progress)
                 epoch_key, step_key = _keys(base_key, epoch, global_step)
-                state, m = train_step(state, jax.device_put(frames, batch_sharding),
-                                      jax.device_put(poses, batch_sharding), sched, epoch_key, step_key)
+                state, m = train_step(state, jax.device_put(batch, batch_sharding), sched,
+                                      epoch_key, step_key)
                 m = {k: float(v) for k, v in m.items()}
                 if not np.isfinite(m["loss"]):
                     saved = (f"the last checkpoint in {run_dir / 'checkpoints'} is intact"
@@ -204,7 +183,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                       "beta": float(sched.beta), "tfr": float(sched.tfr), "lr": float(sched.lr),
                       "steps": global_step, "seconds": round(time.perf_counter() - t_start, 1)}
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.num_epoch:
-                psnr, preds = validate(generate, state, data, base_key)
+                psnr, preds = validate(predict, state, data, base_key)
                 record["val_psnr"] = float(np.nanmean(psnr))
                 _after_validation(cfg, progress, record["val_psnr"])
                 _write_run_figures(run_dir, records + [record], psnr, preds, data, baseline)
@@ -212,7 +191,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
             epoch_start_step = global_step
             records.append(record)
             _write_records(run_dir, records)
-            log(_epoch_line(record, float(np.mean(baseline))))
+            log(_epoch_line(record, float(np.mean(baseline)), data.baseline_name))
             if (epoch + 1) % cfg.per_save == 0 or epoch + 1 == cfg.num_epoch:
                 meta = progress.to_json(base_key, cfg)
                 checkpointing.save(last_mgr, global_step, state, meta)
@@ -223,7 +202,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
         raise
     last_mgr.wait_until_finished()
     best_mgr.wait_until_finished()
-    log(_summary(run_dir, records, baseline, time.perf_counter() - t_start))
+    log(_summary(run_dir, records, baseline, data.baseline_name, time.perf_counter() - t_start))
     return run_dir
 
 
@@ -249,25 +228,25 @@ def _after_validation(cfg: Config, progress: Progress, val_psnr: float) -> None:
                                                               cfg.tfr_floor).to_dict()
 
 
-def _write_run_figures(run_dir, records, psnr, preds, data: DanceData, baseline) -> None:
+def _write_run_figures(run_dir, records, psnr, preds, data, baseline) -> None:
     plots.plot_training(records, run_dir / "training.png")
     plots.plot_psnr_per_frame(psnr, run_dir / "val_psnr_per_frame.png",
-                              "validation PSNR per frame (z ~ N(0, I))", baseline=baseline)
-    media.write_psnr_csv(run_dir / "val_psnr_per_frame.csv", psnr)
-    media.write_gif(media.side_by_side(preds[0], data.val_frames[0], data.val_poses[0]),
-                    run_dir / "val_video0.gif")
+                              "validation PSNR per frame (z from the prior)", baseline=baseline,
+                              first_frame_index=data.first_scored_frame)
+    media.write_psnr_csv(run_dir / "val_psnr_per_frame.csv", psnr, first_frame_index=data.first_scored_frame)
+    media.write_gif(media.side_by_side(*data.gif_panels(0, preds[0])), run_dir / "val_video0.gif")
 
 
-def _epoch_line(r: dict, baseline: float) -> str:
+def _epoch_line(r: dict, baseline: float, baseline_name: str) -> str:
     line = (f"epoch {r['epoch']}: loss {r.get('loss', float('nan')):.4f} mse {r.get('mse', float('nan')):.5f} "
             f"kl {r.get('kl', float('nan')):.2f} beta {r['beta']:.3f} tfr {r['tfr']:.2f} lr {r['lr']:.2e} "
             f"[{r['seconds']:.0f}s]")
     if r.get("val_psnr") is not None:
-        line += f" | val PSNR {r['val_psnr']:.2f} dB (copy-first-frame {baseline:.2f} dB)"
+        line += f" | val PSNR {r['val_psnr']:.2f} dB ({baseline_name} {baseline:.2f} dB)"
     return line
 
 
-def _summary(run_dir, records, baseline, seconds) -> str:
+def _summary(run_dir, records, baseline, baseline_name, seconds) -> str:
     val = [r["val_psnr"] for r in records if r.get("val_psnr") is not None]
     lines = [f"run folder: {run_dir}",
              f"  checkpoints: {run_dir / 'checkpoints'} (last), {run_dir / 'best'} (best val PSNR)",
@@ -275,7 +254,7 @@ def _summary(run_dir, records, baseline, seconds) -> str:
     if val:
         lines += [f"  plots: {run_dir / 'training.png'}, {run_dir / 'val_psnr_per_frame.png'}; "
                   f"GIF: {run_dir / 'val_video0.gif'}",
-                  f"final validation PSNR {val[-1]:.2f} dB vs copy-first-frame baseline "
+                  f"final validation PSNR {val[-1]:.2f} dB vs {baseline_name} baseline "
                   f"{float(np.mean(baseline)):.2f} dB ({val[-1] - float(np.mean(baseline)):+.2f} dB)"]
     lines.append(f"total time {seconds:.0f} s")
     return "\n".join(lines)

@@ -1,4 +1,9 @@
-"""The Lab4 dataset for a run: the user's folder (`--DR`) or the built-in synthetic dance."""
+"""The Lab4 dataset for a run: the user's folder (`--DR`) or the built-in synthetic dance.
+
+`DanceData` implements the training-data interface the training loop uses for every model:
+`steps_in_epoch`, `epoch_batches`, `val_batches` ((model inputs, frames to score) pairs),
+`baseline_psnr`, `baseline_name`, `first_scored_frame` and `gif_panels`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import pathlib
 
 import numpy as np
 
+from cvae_jax import metrics
 from cvae_jax.config import Config
 from cvae_jax.data import dance_folder
 from cvae_jax.data.synthetic_dance import SyntheticDanceSpec, ensure_synthetic
@@ -19,6 +25,41 @@ class DanceData:
     train_poses: np.ndarray
     val_frames: np.ndarray    # float32 (videos, val_vi_len, H, W, 3) in [0, 1]
     val_poses: np.ndarray
+    cfg: Config | None = None
+
+    baseline_name = "copy-first-frame"
+    first_scored_frame = 1
+
+    def _partial(self, epoch: int) -> float:
+        """The reference keeps `fast_partial` through epoch fast_train_epoch + 1."""
+        c = self.cfg
+        return c.fast_partial if c.fast_train and epoch <= c.fast_train_epoch + 1 else c.partial
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        c = self.cfg
+        full = dance_folder.steps_per_epoch(len(self.train_frames), c.train_vi_len, c.batch_size,
+                                            self._partial(epoch))
+        return min(full, c.steps_per_epoch) if c.steps_per_epoch else full
+
+    def epoch_batches(self, epoch: int):
+        c = self.cfg
+        return dance_folder.epoch_batches(self.train_frames, self.train_poses, c.train_vi_len,
+                                          c.batch_size, c.seed, epoch, self._partial(epoch))
+
+    def val_batches(self):
+        """One video per batch: ((first frame, poses), frames 1..T-1)."""
+        return [((self.val_frames[i:i + 1, 0], self.val_poses[i:i + 1]), self.val_frames[i:i + 1, 1:])
+                for i in range(len(self.val_frames))]
+
+    def baseline_psnr(self) -> np.ndarray:
+        """The baseline every model must beat: repeat the given first frame."""
+        first = np.broadcast_to(self.val_frames[:, :1], self.val_frames[:, 1:].shape)
+        return np.asarray(metrics.psnr(first, self.val_frames[:, 1:]))
+
+    def gif_panels(self, video: int, pred) -> list[np.ndarray]:
+        """prediction (with the given first frame) | ground truth | pose."""
+        full = np.concatenate([self.val_frames[video, :1], pred], axis=0)
+        return [full, self.val_frames[video], self.val_poses[video]]
 
 
 def cache_root(cfg: Config) -> pathlib.Path:
@@ -48,4 +89,4 @@ def load_dance(cfg: Config, log=print, splits=("train", "val")) -> DanceData:
     train = dance_folder.load_split(root, "train", hw, dance_cache) if "train" in splits else (None, None, None)
     val_f, val_p, _ = dance_folder.load_split(root, "val", hw, dance_cache)
     val_frames, val_poses = dance_folder.val_videos(val_f, val_p, cfg.val_vi_len, source=str(root / "val"))
-    return DanceData(root, train[0], train[1], val_frames, val_poses)
+    return DanceData(root, train[0], train[1], val_frames, val_poses, cfg)

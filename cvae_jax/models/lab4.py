@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cvae_jax.layers import Conv, DepthConvBlock, FrameBatchNorm, ResidualBlock
+from cvae_jax import losses
+from cvae_jax.layers import Conv, DepthConvBlock, FrameBatchNorm, ResidualBlock, reparameterize
 from cvae_jax.rollout import rollout, time_major
 
 TORCH_PREFIXES = {
@@ -97,11 +98,6 @@ class Lab4CVAE(nnx.Module):
         return jax.nn.sigmoid(x) if self.output_sigmoid else x
 
 
-def reparameterize(mu, logvar, key):
-    """z = mu + exp(logvar / 2) * eps with an explicit key (no hidden RNG state)."""
-    return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
-
-
 class Lab4Inputs(NamedTuple):
     """One time step of a Lab4 rollout, time-major leading axis when stacked."""
     pose_feat: jax.Array  # features of the current pose p_t
@@ -163,3 +159,45 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
 
     _, preds, _ = rollout(step, first_frame, time_major(poses)[1:], key, remat=remat)
     return jnp.concatenate([first_frame[:, None], time_major(preds)], axis=1)
+
+
+# ----------------------------------------------------------------------- the family interface
+
+
+def build(cfg, key) -> Lab4CVAE:
+    return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim,
+                    output_sigmoid=cfg.output_sigmoid, rngs=nnx.Rngs(params=key))
+
+
+def teacher_steps(cfg, batch) -> int:
+    return batch[0].shape[1] - 1
+
+
+def objective(model: Lab4CVAE, batch, teacher, key, beta, cfg):
+    """(loss, metrics, pose BatchNorm moments): per-frame MSE + beta * KL, summed over the clip."""
+    frames, poses = batch
+    terms = training_rollout(model, frames, poses, teacher, key, remat=cfg.remat,
+                             unroll=cfg.scan_unroll)
+    mse = jnp.sum(losses.mse_per_frame(terms.preds, terms.targets))
+    kl = jnp.sum(losses.kl_per_frame(terms.mu, terms.logvar))
+    loss = mse + beta * kl
+    smooth = jnp.zeros(())
+    if cfg.smooth_weight:
+        smooth = losses.temporal_smoothness(terms.preds, terms.targets, frames[:, 0])
+        loss = loss + cfg.smooth_weight * smooth
+    metrics = {"loss": loss, "mse": mse, "kl": kl, "smooth": smooth}
+    return loss, metrics, terms.pose_moments
+
+
+def fold_batch_stats(model: Lab4CVAE, moments, batch) -> None:
+    frames = batch[0]
+    bn = model.pose_encoder.bn
+    bn.mean[...], bn.var[...] = bn.updated_running_stats(
+        *moments, count=frames.shape[0] * frames.shape[2] * frames.shape[3])
+
+
+def predict_batch(model: Lab4CVAE, batch, key, cfg, z_mode=None):
+    """The frames scored in validation: batch = (first frame, poses) -> frames 1..T-1."""
+    first, poses = batch
+    out = generate(model, first, poses, key, bn_mode=cfg.bn_mode, z_mode=z_mode or cfg.z_mode)
+    return out[:, 1:]

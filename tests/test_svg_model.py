@@ -1,0 +1,169 @@
+"""SVG model: reference parameter counts, shapes, the rollout's rules, KL, BatchNorm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cvae_jax import losses
+from cvae_jax.config import preset
+from cvae_jax.layers import count_params
+from cvae_jax.models import svg
+from cvae_jax.models.lstm import LSTMCell
+from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_step
+
+TINY = dict(vgg_width=4, g_dim=8, z_dim=3, rnn_size=8, batch_size=2, n_past=2, n_future=3)
+
+
+def tiny_cfg(**changes):
+    return preset("cpu", "svg").replace(**{**TINY, **changes}).validated()
+
+
+def tiny_model(seed=0, **changes):
+    return svg.build(tiny_cfg(**changes), jax.random.key(seed))
+
+
+def visible(params):
+    """SVG's N(0, 0.02) init makes a fresh network's output ~0.5 everywhere, with input
+    effects below float32 resolution; 3x larger weights make the wiring visible."""
+    return jax.tree.map(lambda p: 3 * p, params)
+
+
+def clip(rng, b=2, t=5):
+    return (rng.random((b, t, 64, 64, 3), dtype=np.float32), rng.random((b, t, 7), dtype=np.float32))
+
+
+def test_parameter_counts_match_the_reference():
+    model = nnx.eval_shape(lambda: svg.build(preset("bair").replace(prior="learned"), jax.random.key(0)))
+    assert count_params(model.encoder) == 8_689_600
+    assert count_params(model.decoder) == 11_822_659
+    assert count_params(model.frame_predictor) == 1_137_024  # input g + z + 7 = 199
+    assert count_params(model.posterior) == 592_256
+    assert count_params(model.prior) == 592_256
+    fixed = nnx.eval_shape(lambda: svg.build(preset("bair"), jax.random.key(0)))
+    assert fixed.prior is None
+    assert count_params(fixed) == 8_689_600 + 11_822_659 + 1_137_024 + 592_256  # 22.24 M
+
+
+def test_encoder_decoder_shapes():
+    model = tiny_model()
+    x = jnp.zeros((3, 64, 64, 3))
+    h, skips, moments = model.encoder(x, True)
+    assert h.shape == (3, 8)
+    assert [s.shape for s in skips] == [(3, 64, 64, 4), (3, 32, 32, 8), (3, 16, 16, 16), (3, 8, 8, 32)]
+    assert len(moments) == len(model.encoder.batchnorms())
+    out, dec_m = model.decoder(h, skips, True)
+    assert out.shape == (3, 64, 64, 3)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert len(dec_m) == len(model.decoder.batchnorms())
+    with pytest.raises(ValueError, match="64x64"):
+        model.encoder(jnp.zeros((1, 32, 32, 3)), True)
+
+
+def test_lstm_cell_matches_torch_formula(rng):
+    cell = LSTMCell(5, 4, rngs=nnx.Rngs(params=jax.random.key(1)))
+    x, h, c = rng.standard_normal((2, 5)), rng.standard_normal((2, 4)), rng.standard_normal((2, 4))
+    w = {k: np.asarray(getattr(cell, k)[...]) for k in ("w_ih", "w_hh", "b_ih", "b_hh")}
+    gates = x @ w["w_ih"] + w["b_ih"] + h @ w["w_hh"] + w["b_hh"]
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    i, f, g, o = np.split(gates, 4, axis=-1)
+    c_new = sig(f) * c + sig(i) * np.tanh(g)
+    out, (h2, c2) = cell(jnp.asarray(x, jnp.float32), (jnp.asarray(h, jnp.float32), jnp.asarray(c, jnp.float32)))
+    np.testing.assert_allclose(c2, c_new, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, sig(o) * np.tanh(c_new), rtol=1e-5, atol=1e-5)
+    assert np.all(np.abs(w["w_ih"]) <= 0.5)  # torch default: U(+-1/sqrt(hidden))
+
+
+def test_kl_against_closed_form():
+    mu_q, logvar_q = jnp.array([[[1.0, -0.5]]]), jnp.log(jnp.array([[[0.25, 2.0]]]))
+    mu_p, logvar_p = jnp.array([[[0.5, 0.0]]]), jnp.log(jnp.array([[[1.0, 0.5]]]))
+    expected = sum(np.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5
+                   for mq, sq, mp, sp in [(1.0, 0.5, 0.5, 1.0), (-0.5, np.sqrt(2), 0.0, np.sqrt(0.5))])
+    np.testing.assert_allclose(losses.kl_gaussians_per_frame(mu_q, logvar_q, mu_p, logvar_p), [expected], rtol=1e-5)
+    zeros = jnp.zeros_like(mu_q)
+    np.testing.assert_allclose(losses.kl_gaussians_per_frame(mu_q, logvar_q, zeros, zeros),
+                               losses.kl_per_frame(mu_q, logvar_q), rtol=1e-6)
+
+
+def test_skip_refresh_rule():
+    rule = lambda **kw: np.asarray(svg._take_skip(5, 2, **kw)).tolist()  # noqa: E731
+    assert rule(last_frame_skip=False, skip_compat=False) == [True, True, False, False, False]
+    assert rule(last_frame_skip=False, skip_compat=True) == [True, False, False, False, False]
+    assert rule(last_frame_skip=True, skip_compat=False) == [True] * 5
+
+
+def test_context_steps_always_see_ground_truth(rng):
+    model = tiny_model()
+    frames, cond = clip(rng, t=6)
+    ones, zeros = jnp.ones((5, 2)), jnp.zeros((5, 2))
+    run = lambda teacher: svg.training_rollout(model, frames, cond, teacher, jax.random.key(2), n_past=2)  # noqa: E731
+    forced, free = run(ones), run(zeros)
+    np.testing.assert_array_equal(forced.preds[:2], free.preds[:2])  # t = 1, 2 see x_0, x_1
+    assert not np.allclose(forced.preds[2:], free.preds[2:])          # t = 3 sees its own x_2
+    assert forced.preds.shape == (5, 2, 64, 64, 3) and forced.aux.mu.shape == (5, 2, 3)
+
+
+def test_condition_changes_the_prediction_causally(rng):
+    cfg = tiny_cfg()
+    graphdef, state = init_state(cfg, jax.random.key(0))
+    params = visible(state.params)
+    predict = make_predict(graphdef, cfg, z_mode="mean")
+    frames, cond = clip(rng)
+    base = np.asarray(predict(params, state.batch_stats, (frames, cond), jax.random.key(0)))
+    changed = cond.copy()
+    changed[:, 3, :4] += 2.0  # the action of frame 3 (the second predicted frame)
+    moved = np.asarray(predict(params, state.batch_stats, (frames, changed), jax.random.key(0)))
+    assert base.shape == (2, 3, 64, 64, 3)
+    np.testing.assert_array_equal(base[:, 0], moved[:, 0])   # frame 2 cannot see frame 3's action
+    assert np.abs(base[:, 1] - moved[:, 1]).max() > 1e-4     # frame 3 does
+
+
+def test_prediction_uses_running_stats_and_is_per_sequence(rng):
+    """At prediction time BatchNorm uses the running averages, so a sequence's prediction
+    does not depend on which others share its batch."""
+    cfg = tiny_cfg()
+    graphdef, state = init_state(cfg, jax.random.key(0))
+    step = make_train_step(graphdef, cfg, donate=False)
+    sched = Schedule(jnp.float32(1e-3), jnp.float32(1.0), jnp.float32(1.0))
+    new, _ = step(state, clip(rng), sched, jax.random.key(1), jax.random.key(2))
+    # every BatchNorm's running variance moved (some means stay 0 by symmetry: with batch 2
+    # BatchNorm1d makes the two samples' features exact opposites)
+    variances = lambda s: [v for p, v in jax.tree_util.tree_leaves_with_path(s) if "var" in jax.tree_util.keystr(p)]  # noqa: E731
+    assert len(variances(state.batch_stats)) == 11 + 10 + 1
+    assert all(not np.allclose(a, b) for a, b in zip(variances(state.batch_stats), variances(new.batch_stats)))
+    predict = make_predict(graphdef, cfg, z_mode="mean")
+    frames, cond = clip(rng, b=3)
+    together = np.asarray(predict(new.params, new.batch_stats, (frames, cond), jax.random.key(0)))
+    alone = np.asarray(predict(new.params, new.batch_stats, (frames[1:2], cond[1:2]), jax.random.key(0)))
+    np.testing.assert_allclose(together[1], alone[0], atol=1e-5)
+
+
+def test_learned_prior_drives_prediction_and_kl(rng):
+    cfg = tiny_cfg(prior="learned")
+    graphdef, state = init_state(cfg, jax.random.key(0))
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    frames, cond = clip(rng)
+    loss, m, _ = svg.objective(model, (frames, cond), jnp.ones((4, 2)), jax.random.key(1), 1e-4, cfg)
+    np.testing.assert_allclose(loss, m["mse"] + 1e-4 * m["kl"], rtol=1e-6)
+    predict = make_predict(graphdef, cfg, z_mode="mean")
+    params = visible(state.params)
+    a = predict(params, state.batch_stats, (frames, cond), jax.random.key(0))
+    bumped = jax.tree.map(lambda x: x, params)
+    bumped["prior"]["mu_net"]["bias"] = nnx.Param(bumped["prior"]["mu_net"]["bias"][...] + 1.0)
+    b = predict(bumped, state.batch_stats, (frames, cond), jax.random.key(0))
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-5  # z comes from the learned prior
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch(rng):
+    cfg = tiny_cfg(grad_clip=0.0)
+    graphdef, state = init_state(cfg, jax.random.key(0))
+    step = make_train_step(graphdef, cfg)
+    batch = clip(rng)
+    sched = Schedule(jnp.float32(2e-3), jnp.float32(1e-4), jnp.float32(1.0))
+    losses_seen = []
+    for i in range(8):
+        state, m = step(state, batch, sched, jax.random.key(1), jax.random.key(i))
+        losses_seen.append(float(m["mse"]))
+    assert np.isfinite(losses_seen).all()
+    assert losses_seen[-1] < losses_seen[0]
