@@ -26,8 +26,8 @@ VAL_CHUNK = 16  # validation sequences per prediction call (one compiled shape)
 
 class _InMemory:
     def __init__(self, source, n_frames: int):
-        frames, cond = source.load_all()
-        self.frames, self.cond, self.names = frames[:, :n_frames], cond[:, :n_frames], source.names
+        self.frames, self.cond = _Lazy(source, n_frames).take(range(len(source)))
+        self.names = source.names
 
     def __len__(self):
         return len(self.frames)
@@ -65,7 +65,7 @@ def sources(cfg: Config, splits=("train", "validate"), log=print) -> dict:
         from cvae_jax.data.bair_tfds import BairTFDS
         log(f"data: TFDS bair_robot_pushing_small ({cfg.camera}) from {cfg.data_dir or 'the TFDS default dir'}")
         tfds_split = {"train": "train", "validate": "test", "test": "test"}
-        return {s: BairTFDS(cfg.data_dir, tfds_split[s], camera=cfg.camera) for s in splits}
+        return {s: BairTFDS(cfg.data_dir, tfds_split[s], camera=cfg.camera, seq_len=cfg.n_eval) for s in splits}
     if cfg.data_source == "folder":
         root = pathlib.Path(cfg.DR)
         log(f"data: processed BAIR folder {root}")
@@ -74,7 +74,7 @@ def sources(cfg: Config, splits=("train", "validate"), log=print) -> dict:
         root = ensure_synthetic(cache_root(cfg), spec)
         log(f"data: built-in synthetic pushing ({spec.train_sequences} train, {spec.validate_sequences} "
             f"validate, {spec.test_sequences} test sequences of {spec.seq_len} frames) in {root}")
-    return {s: BairFolder(root, s) for s in splits}
+    return {s: BairFolder(root, s, seq_len=cfg.n_eval) for s in splits}
 
 
 def _as_float(x):
