@@ -21,14 +21,13 @@ import hashlib
 import json
 import math
 import multiprocessing
-import os
 import pathlib
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from cvae_jax.data.generated import ensure_generated, marker_matches
 
 __all__ = ["SyntheticDanceSpec", "generate", "ensure_synthetic", "COMPLETE_MARKER"]
 
@@ -689,11 +688,8 @@ def generate(root, spec: SyntheticDanceSpec, workers: int = 1) -> pathlib.Path:
 
 
 def _is_complete(path: pathlib.Path, spec: SyntheticDanceSpec) -> bool:
-    try:
-        marker = json.loads((path / COMPLETE_MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return marker == {"spec": dataclasses.asdict(spec), "generator_version": GENERATOR_VERSION}
+    expected = {"spec": dataclasses.asdict(spec), "generator_version": GENERATOR_VERSION}
+    return marker_matches(path, COMPLETE_MARKER, expected)
 
 
 def ensure_synthetic(cache_root, spec: SyntheticDanceSpec, workers: int = 1) -> pathlib.Path:
@@ -703,21 +699,6 @@ def ensure_synthetic(cache_root, spec: SyntheticDanceSpec, workers: int = 1) -> 
     completion marker is written, so an interrupted run never leaves a folder
     that looks complete.
     """
-    cache_root = pathlib.Path(cache_root).expanduser()
-    target = cache_root / f"synthetic_dance_{spec.digest()}"
-    if _is_complete(target, spec):
-        return target
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=cache_root))
-    try:
-        generate(tmp / "data", spec, workers=workers)
-        if target.exists() and not _is_complete(target, spec):
-            shutil.rmtree(target)  # a folder without the marker is a broken leftover
-        try:
-            os.rename(tmp / "data", target)
-        except OSError:
-            if not _is_complete(target, spec):  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    target = pathlib.Path(cache_root).expanduser() / f"synthetic_dance_{spec.digest()}"
+    return ensure_generated(target, lambda path: _is_complete(path, spec),
+                            lambda folder: generate(folder, spec, workers=workers))
