@@ -127,11 +127,11 @@ def test_positions_follow_actions_in_the_csv_files(dataset):
         assert np.all((a[:, 3] >= 0) & (a[:, 3] <= 1))
 
 
-def test_motion_is_smooth_and_about_two_pixels_per_frame():
+def test_motion_is_smooth_and_about_three_pixels_per_frame():
     scenes = [sp._scene(1, "train", i) for i in range(24)]
     step = np.concatenate([np.diff(s.positions[:, :2], axis=0) for s in scenes]) * 24  # pixels
     speed = np.hypot(step[:, 0], step[:, 1])
-    assert 1.5 < speed.mean() < 3.0 and speed.max() < 5.0
+    assert 2.5 < speed.mean() < 4.0 and speed.max() < 7.0
     jerk = np.concatenate([np.diff(s.actions[:, :2], axis=0) for s in scenes]) * 24
     assert np.hypot(jerk[:, 0], jerk[:, 1]).mean() < 0.35 * speed.mean()  # smooth, not white noise
     z = np.concatenate([s.positions[:, 2] for s in scenes])
@@ -171,7 +171,7 @@ def gripper_path(scene, t: int, n: int = 41):
 
 def test_objects_move_only_when_pushed():
     pushed = untouched = 0
-    for i in range(40):
+    for i in range(160):
         scene = sp._scene(2, "train", i)
         objects, radii = scene.objects, scene.radii
         moves = np.hypot(*np.moveaxis(np.diff(objects, axis=0), -1, 0))  # (T-1, n)
@@ -190,7 +190,7 @@ def test_objects_move_only_when_pushed():
         if len(radii) == 1 and not ever_near[0]:
             assert np.array_equal(objects[-1], objects[0])
             untouched += 1
-    assert pushed >= 0.5 * 40 and untouched >= 2
+    assert pushed >= 0.5 * 160 and untouched >= 1  # fast grippers leave few objects alone
 
 
 def test_rendered_objects_follow_their_tracks():
