@@ -50,6 +50,8 @@ def evaluate(run, DR=None, split="val", num_samples=None, z_mode=None, which="be
         raise ValueError(f"--num_samples must be at least 1, got {num_samples}")
     changes = {k: v for k, v in (("DR", None if DR is None else str(DR)), ("data", data),
                                  ("data_dir", data_dir), ("n_future", n_future)) if v is not None}
+    if changes.get("data") == "tfds":
+        changes["DR"] = None  # the run's folder root, if any, does not apply to TFDS
     if "n_future" in changes and not svg:
         raise ValueError("--n_future applies to svg runs; lab4 generates whole videos")
     cfg = model.config.replace(**changes).validated()

@@ -193,3 +193,17 @@ def test_tfds_source_feeds_training_batches(workdir, tmp_path):
         frames, cond = next(iter(data.epoch_batches(0)))
     assert frames.shape == (2, 5, 64, 64, 3) and cond.shape == (2, 5, 7)
     assert data.val_frames.shape == (2, 8, 64, 64, 3)
+
+
+@pytest.mark.tfds
+def test_train_and_evaluate_on_tfds(bair_root, workdir, tmp_path):
+    """A run trained on the processed folder is evaluated on (mocked) TFDS data."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from cvae_jax.evaluation import evaluate
+    run = train_and_evaluate(tiny_cfg(bair_root, workdir, "--run_name", "to_tfds", "--num_epoch", "1"),
+                             log=QUIET)
+    with tfds.testing.mock_data(num_examples=3):
+        res = evaluate(run, data="tfds", data_dir=str(tmp_path), num_samples=2, log=QUIET,
+                       out=tmp_path / "eval")
+    assert res["scores"]["psnr_image"].shape == (3, 2, 3)
+    assert np.isfinite(res["summary"]["best_psnr_image"])
