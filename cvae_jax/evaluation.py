@@ -60,7 +60,6 @@ def evaluate(run, DR=None, split="val", num_samples=None, z_mode=None, which="be
     mode = z_mode or cfg.z_mode
     if svg:
         cfg = cfg.replace(val_sequences=None)  # training may validate on a subset; score them all
-        model.config = cfg
         return evaluate_svg(model, cfg, split, num_samples, mode, out, seed, save_frames, log)
     base = jax.random.key(seed)
     scores, ssims, firsts = [], [], []

@@ -81,13 +81,13 @@ def schedule_at(cfg: Config, epoch: int, global_step: int, n_total: int, progres
 def validate(predict, state, data, base_key):
     """Per-(sequence, frame) PSNR of prior rollouts of every validation sequence, scored on
     the predicted frames only; returns (psnr, predictions)."""
-    preds = []
+    preds, truths = [], []
     for i, (inputs, truth) in enumerate(data.val_batches()):
         key = jax.random.fold_in(jax.random.fold_in(base_key, 3), i)
         preds.append(np.asarray(predict(state.params, state.batch_stats, inputs, key))[:len(truth)])
+        truths.append(truth)
     preds = np.concatenate(preds)
-    truth = np.concatenate([t for _, t in data.val_batches()])
-    return np.asarray(metrics.psnr(preds, truth)), preds
+    return np.asarray(metrics.psnr(preds, np.concatenate(truths))), preds
 
 
 def new_run_dir(cfg: Config) -> pathlib.Path:
