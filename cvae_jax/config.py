@@ -20,6 +20,7 @@ CAMERAS = ("image_aux1", "image_main")
 PRIORS = ("fixed", "learned")
 BN_MODES = ("running", "batch")
 Z_MODES = ("sample", "mean")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,8 @@ class Config:
     steps_per_epoch: int | None = None  # None: one pass over the clips
     # execution
     scan_unroll: int = 16  # training rollout steps per loop iteration (see rollout.py)
-    remat: bool = False
+    remat: bool = False  # rematerialise each scanned step in the backward pass (memory)
+    precision: str = "fp32"  # bf16: bfloat16 compute, float32 parameters, optimizer and loss
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -124,7 +126,8 @@ class Config:
         """Fail early, naming the flag, instead of deep inside a jitted function."""
         choices = {"tf_mode": TF_MODES, "lr_schedule": LR_SCHEDULES, "bn_mode": BN_MODES,
                    "z_mode": Z_MODES, "kl_anneal_per": ("epoch", "step"), "model": MODELS,
-                   "data": DATA_SOURCES + (None,), "camera": CAMERAS, "prior": PRIORS}
+                   "data": DATA_SOURCES + (None,), "camera": CAMERAS, "prior": PRIORS,
+                   "precision": PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")

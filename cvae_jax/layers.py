@@ -1,10 +1,11 @@
 """Building blocks shared by the models (Lab4's modules/layers.py, SVG's BatchNorm), NHWC.
 
-Convolutions are written for XLA's CPU backend: 1x1 convolutions are matmuls and the
-depthwise 3x3 convolution is nine shifted multiply-adds, because XLA's grouped
-convolution is ~30x slower on CPU. Parameters use PyTorch's default initialisation
-(kaiming-uniform a=sqrt(5) == U(+-1/sqrt(fan_in)) for weights and biases) so a fresh
-model starts where the reference starts.
+Convolutions are written for XLA's CPU backend: 1x1 convolutions are matmuls, the
+depthwise 3x3 convolution is nine shifted multiply-adds (XLA's grouped convolution is
+~30x slower on CPU), and 3x3 convolutions get hand-written gradients (cvae_jax/kernels.py).
+Parameters use PyTorch's default initialisation (kaiming-uniform a=sqrt(5) ==
+U(+-1/sqrt(fan_in)) for weights and biases) so a fresh model starts where the reference
+starts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from cvae_jax import kernels
 
 DEFAULT_SLOPE = 0.01  # PyTorch's LeakyReLU default, used by every reference block
 FFN_SLOPE = 0.1  # hard-coded in the reference ConvFFN (its `slope` argument is ignored)
@@ -41,7 +44,8 @@ def _torch_uniform(key, shape, fan_in):
 
 
 class Conv(nnx.Module):
-    """Dense 2-D convolution with zero padding; 1x1 stride-1 becomes a matmul."""
+    """Dense 2-D convolution with zero padding; 1x1 stride-1 becomes a matmul and 3x3
+    'same' goes through `kernels.conv3x3`."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
                  padding: int = 0, init_std: float | None = None, rngs: nnx.Rngs):
@@ -60,6 +64,8 @@ class Conv(nnx.Module):
         k = self.kernel[...]
         if k.shape[:2] == (1, 1) and self.stride == 1:
             return x @ k[0, 0] + self.bias[...]
+        if k.shape[:2] == (3, 3) and self.stride == 1 and self.padding == 1:
+            return kernels.conv3x3(x, k) + self.bias[...]
         lead = x.shape[:-3]
         y = jax.lax.conv_general_dilated(
             x.reshape((-1,) + x.shape[-3:]), k, (self.stride, self.stride),
@@ -75,15 +81,7 @@ class DepthwiseConv3x3(nnx.Module):
         self.bias = nnx.Param(_torch_uniform(rngs.params(), (ch,), 9))
 
     def __call__(self, x):
-        h, w = x.shape[-3], x.shape[-2]
-        pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
-        xp = jnp.pad(x, pad)
-        k = self.kernel[...]
-        out = self.bias[...]
-        for i in range(3):
-            for j in range(3):
-                out = out + xp[..., i:i + h, j:j + w, :] * k[i, j]
-        return out
+        return kernels.depthwise3x3(x, self.kernel[...]) + self.bias[...]
 
 
 def leaky_relu(x, slope=DEFAULT_SLOPE):
@@ -162,14 +160,17 @@ class FrameBatchNorm(nnx.Module):
         self.var = nnx.BatchStat(jnp.ones((ch,), jnp.float32))
 
     def __call__(self, x, use_running_average: bool):
+        """Statistics and normalisation in float32 whatever x's precision (bf16 sums drift)."""
+        xf = x.astype(jnp.float32)
         if use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
             axes = (-4, -3, -2) if self.spatial else (-2,)
-            mean = jnp.mean(x, axes, keepdims=True)
-            var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-        return y, (mean, var)
+            mean = jnp.mean(xf, axes, keepdims=True)
+            var = jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
+        scale, bias = self.scale[...].astype(jnp.float32), self.bias[...].astype(jnp.float32)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+        return y.astype(x.dtype), (mean, var)
 
     def updated_running_stats(self, mean, var, count: int | None):
         """Running averages after one PyTorch-style update per leading (time) index.

@@ -318,3 +318,40 @@ def test_temporal_smoothness(rng):
     assert float(losses.temporal_smoothness(targets + 0.1, targets, first)) == pytest.approx(0.01, rel=1e-4)
     noisy = targets + jnp.asarray(rng.normal(scale=0.05, size=targets.shape), jnp.float32)
     assert float(losses.temporal_smoothness(noisy, targets, first)) > 0
+
+
+# --------------------------------------------------------------------------- teacher-forced path
+
+
+def test_teacher_forced_path_equals_general_rollout(lab4_setup):
+    """teacher=None (every step teacher-forced: no scan carry, each frame encoded once)
+    gives the general rollout's loss, gradients and BatchNorm moments."""
+    model, frames, poses = lab4_setup
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    cfg = preset_cfg()
+
+    @jax.jit
+    def loss_and_grads(params, teacher):
+        def loss(params):
+            out = lab4.objective(nnx.merge(graphdef, params, rest), (frames, poses), teacher,
+                                 jax.random.key(3), 0.3, cfg)
+            return out[0], out
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+    (l0, (_, m0, mom0)), g0 = loss_and_grads(params, jnp.ones((LT - 1, LB), jnp.float32))
+    (l1, (_, m1, mom1)), g1 = loss_and_grads(params, None)
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves((g1, mom1)), jax.tree_util.tree_leaves((g0, mom0))):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+    key = jax.random.key(3)
+    fast = lab4.teacher_forced_rollout(model, frames, poses, key)
+    for mask, same in ((jnp.ones((LT - 1, LB)), True), (jnp.zeros((LT - 1, LB)), False)):
+        general = lab4.training_rollout(model, frames, poses, mask, key)
+        assert np.allclose(fast.preds, general.preds, rtol=1e-5, atol=1e-6) == same
+
+
+def preset_cfg():
+    from cvae_jax.config import preset
+    return preset("cpu").replace(**{k: v for k, v in
+                                    dict(F_dim=8, L_dim=8, N_dim=4, D_out_dim=16).items()},
+                                 scan_unroll=2, smooth_weight=0.0)

@@ -138,6 +138,31 @@ def training_rollout(model: Lab4CVAE, frames, poses, teacher, key, *, remat=Fals
     return Lab4Terms(preds, frames[1:], mu, logvar, moments)
 
 
+def teacher_forced_rollout(model: Lab4CVAE, frames, poses, key, *, remat=False, unroll=1) -> Lab4Terms:
+    """`training_rollout` with every step teacher-forced, where no step depends on another.
+
+    Each frame is encoded once (the reference encodes x_{t-1} and x_t at every step) and
+    the steps are decoded without a carry; z draws use the rollout engine's per-step keys,
+    so the result equals `training_rollout(..., teacher=1)` up to float rounding. Steps are
+    decoded one batch at a time (a scan), not all at once: on CPU the per-step tensors stay
+    in cache (measured at the reference dims: 5.4 s per train step against 5.7 s batched).
+    """
+    frames, poses = time_major(frames), time_major(poses)
+    feat = model.encode_frame(frames)
+    pose_feat, moments = model.encode_pose(poses[1:], use_running_average=False)
+    mu, logvar = model.posterior_moments(feat[1:], pose_feat)
+    keys = jax.random.split(key, mu.shape[0])
+
+    def step(_, x):
+        prev_feat, pose_t, mu_t, logvar_t, key_t = x
+        return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t))
+
+    decode_step = jax.checkpoint(step) if remat else step  # as in `rollout`: remat needs a rolled loop
+    _, preds = jax.lax.scan(decode_step, None, (feat[:-1], pose_feat, mu, logvar, keys),
+                            unroll=1 if remat else unroll)
+    return Lab4Terms(preds, frames[1:], mu, logvar, moments)
+
+
 def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_mode="sample",
              remat=False):
     """Autoregressive generation: first_frame (B, H, W, 3), poses (B, T, H, W, 3).
@@ -173,11 +198,19 @@ def teacher_steps(cfg, batch) -> int:
     return batch[0].shape[1] - 1
 
 
+TEACHER_FORCED_PATH = True  # `objective` takes teacher=None for "every step teacher-forced"
+
+
 def objective(model: Lab4CVAE, batch, teacher, key, beta, cfg):
-    """(loss, metrics, pose BatchNorm moments): per-frame MSE + beta * KL, summed over the clip."""
+    """(loss, metrics, pose BatchNorm moments): per-frame MSE + beta * KL, summed over the clip.
+
+    teacher: (T-1, B) weights, or None when every step is teacher-forced (a faster program)."""
     frames, poses = batch
-    terms = training_rollout(model, frames, poses, teacher, key, remat=cfg.remat,
-                             unroll=cfg.scan_unroll)
+    kw = dict(remat=cfg.remat, unroll=cfg.scan_unroll)
+    if teacher is None:  # the caller knows every step is teacher-forced
+        terms = teacher_forced_rollout(model, frames, poses, key, **kw)
+    else:
+        terms = training_rollout(model, frames, poses, teacher, key, **kw)
     mse = jnp.sum(losses.mse_per_frame(terms.preds, terms.targets))
     kl = jnp.sum(losses.kl_per_frame(terms.mu, terms.logvar))
     loss = mse + beta * kl

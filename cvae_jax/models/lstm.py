@@ -51,7 +51,7 @@ class _Stack(nnx.Module):
         self.cells = nnx.List([LSTMCell(hidden, hidden, rngs=rngs) for _ in range(n_layers)])
 
     def init_state(self, batch: int):
-        zeros = jnp.zeros((batch, self.hidden), jnp.float32)
+        zeros = jnp.zeros((batch, self.hidden), self.embed.kernel.dtype)  # the compute precision
         return tuple((zeros, zeros) for _ in self.cells)
 
     def run(self, x, state):

@@ -1,0 +1,64 @@
+"""benchmarks/compare.py runs end to end (`--quick`) and its JSON holds every workload with
+consistent figures; the peak estimate reads /proc/cpuinfo-style facts honestly.
+
+The smoke run is a subprocess, so PyTorch's thread setting and XLA's flags stay out of the
+test process. XLA's backend optimisation is switched off for it: the figures of a --quick
+run mean nothing, and that halves the compile time that dominates it (a cold cache
+otherwise costs a minute or more per training step program on 2 busy cores)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import _timing
+from conftest import ROOT
+
+QUICK_WORKLOADS = {"lab4/cpu train TF", "lab4/cpu train free", "lab4/cpu generate 4f",
+                   "svg/cpu train TF", "svg/cpu predict 2+2f", "fp32 matmul 256x256"}
+
+
+@pytest.mark.torch
+def test_compare_quick(tmp_path):
+    out = tmp_path / "compare.json"
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                                      " --xla_llvm_disable_expensive_passes=true").strip())
+    proc = subprocess.run([sys.executable, "benchmarks/compare.py", "--quick", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["errors"] == {}
+    rows = {r["name"]: r for r in result["workloads"]}
+    assert set(rows) == QUICK_WORKLOADS
+    for name, r in rows.items():
+        assert r["jax_s"] > 0 and r["torch_s"] > 0 and r["flop"] > 0, name
+        assert r["ratio"] == pytest.approx(r["jax_s"] / r["torch_s"]), name
+        assert r["jax_gflops"] == pytest.approx(r["flop"] / r["jax_s"] / 1e9), name
+        assert len(r["jax_all_s"]) == len(r["torch_all_s"]) == result["meta"]["repeats"], name
+    assert rows["fp32 matmul 256x256"]["flop"] == 2 * 256**3
+    # the two lab4 training rows share one count and one compiled program
+    assert rows["lab4/cpu train TF"]["flop"] == rows["lab4/cpu train free"]["flop"]
+    assert rows["lab4/cpu train TF"]["jax_compile_s"] > 0
+    meta = result["meta"]
+    for key in ("date", "cpu", "cores", "versions", "load_before", "load_after", "nominal_peak_gflops"):
+        assert key in meta, key
+    assert {"jax", "jaxlib", "torch"} <= set(meta["versions"])
+    for name in QUICK_WORKLOADS:
+        assert name in proc.stdout
+
+
+def test_peak_estimate():
+    avx512 = {"model": "Intel(R) Xeon(R) Processor", "cores": 2, "ghz": 2.7,
+              "flags": {"avx2", "fma", "avx512f", "hypervisor"}}
+    peak, desc = _timing.detect_peak(avx512)
+    assert peak == pytest.approx(2 * 2.7 * 64) and "AVX-512" in desc and "VM" in desc
+    assert not _timing.is_nominal_machine(avx512)
+    zen4 = {"model": "AMD Ryzen 7 7840U", "cores": 2, "ghz": 2.6, "flags": {"avx2", "fma", "avx512f"}}
+    assert _timing.is_nominal_machine(zen4)
+    assert _timing.detect_peak(zen4)[0] == pytest.approx(_timing.NOMINAL_PEAK_GFLOPS)
+    assert _timing.detect_peak({**zen4, "flags": {"avx2", "fma"}})[0] == pytest.approx(_timing.NOMINAL_PEAK_GFLOPS)
+    assert _timing.detect_peak({**zen4, "ghz": None})[0] is None

@@ -1,0 +1,62 @@
+"""The hand-written convolution gradients equal XLA's own (cvae_jax/kernels.py)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cvae_jax import kernels
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def xla_dense(x, k):
+    return lax.conv_general_dilated(x.reshape((-1,) + x.shape[-3:]), k, (1, 1), ((1, 1), (1, 1)),
+                                    dimension_numbers=NHWC).reshape(x.shape[:-1] + k.shape[-1:])
+
+
+def xla_depthwise(x, k):
+    c = x.shape[-1]
+    return lax.conv_general_dilated(x.reshape((-1,) + x.shape[-3:]), k[:, :, None, :], (1, 1),
+                                    ((1, 1), (1, 1)), dimension_numbers=NHWC,
+                                    feature_group_count=c).reshape(x.shape)
+
+
+def value_and_grads(conv, x, k, probe):
+    return jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k)) * probe), argnums=(0, 1))(x, k)
+
+
+@pytest.mark.parametrize("lead", [(2,), (3, 2)])
+def test_conv3x3_matches_xla(rng, lead):
+    x = jnp.asarray(rng.normal(size=lead + (5, 7, 4)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=lead + (5, 7, 6)), jnp.float32)
+    np.testing.assert_allclose(kernels.conv3x3(x, k), xla_dense(x, k), rtol=1e-5, atol=1e-5)
+    (v0, (dx0, dk0)), (v1, (dx1, dk1)) = (value_and_grads(f, x, k, probe)
+                                          for f in (xla_dense, kernels.conv3x3))
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dk1, dk0, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lead", [(2,), (3, 2)])
+def test_depthwise3x3_matches_grouped_conv(rng, lead):
+    x = jnp.asarray(rng.normal(size=lead + (6, 5, 4)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 4)), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=lead + (6, 5, 4)), jnp.float32)
+    np.testing.assert_allclose(kernels.depthwise3x3(x, k), xla_depthwise(x, k), rtol=1e-5, atol=1e-5)
+    (v0, (dx0, dk0)), (v1, (dx1, dk1)) = (value_and_grads(f, x, k, probe)
+                                          for f in (xla_depthwise, kernels.depthwise3x3))
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dk1, dk0, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_orientation_is_not_symmetric(rng):
+    """A flipped kernel must give a different result, so the tests above can catch a flip."""
+    x = jnp.asarray(rng.normal(size=(1, 5, 5, 2)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 2, 2)), jnp.float32)
+    assert not np.allclose(kernels.conv3x3(x, k), kernels.conv3x3(x, jnp.flip(k, (0, 1))), atol=1e-3)
