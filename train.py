@@ -1,15 +1,32 @@
-"""Train a cvae-jax model: `python train.py` trains the CPU preset on synthetic dance."""
+"""Train a cvae-jax model: `python train.py` trains the CPU preset on synthetic dance.
 
-from cvae_jax.cli import enable_compilation_cache, config_from_args, train_parser
+Multi-process: the same command in every process, plus --coordinator, --num_processes and
+--process_id (README, "Scaling out").
+"""
+
+import signal
+import sys
+
+from cvae_jax.cli import (compilation_cache_summary, config_from_args, enable_compilation_cache,
+                          init_distributed, train_parser)
+from cvae_jax.distributed import Preempted, is_main
 from cvae_jax.training import train_and_evaluate
 
 
 def main(argv=None):
     args = train_parser().parse_args(argv)
+    init_distributed(args)  # before anything touches a device
     enable_compilation_cache()
-    if args.resume:
-        return train_and_evaluate(resume=args.resume, num_epoch=getattr(args, "num_epoch", None))
-    return train_and_evaluate(config_from_args(args))
+    try:
+        if args.resume:
+            run_dir = train_and_evaluate(resume=args.resume, num_epoch=getattr(args, "num_epoch", None))
+        else:
+            run_dir = train_and_evaluate(config_from_args(args))
+        if is_main():
+            print(compilation_cache_summary())
+        return run_dir
+    except Preempted:  # saved and logged; the exit status of a process ended by SIGTERM
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

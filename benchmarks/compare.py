@@ -42,6 +42,11 @@ import traceback
 from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+# XLA's Eigen intra-op thread pool slows PyTorch in the same process 4-15x once JAX has run
+# anything (measured: a reference Lab4 step 4.1 s alone, 15-63 s after a JAX call); without
+# it both run at their standalone speed (the JAX Lab4 step is no slower: 5.2 s against 5.4 s).
+if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -89,7 +89,36 @@ def train_parser() -> argparse.ArgumentParser:
                    "(its saved config is used; only --num_epoch may change, which stretches cosine LR "
                    "and per-step KL schedules)")
     add_config_flags(p)
+    add_launch_flags(p)
     return p
+
+
+def add_launch_flags(parser: argparse.ArgumentParser) -> None:
+    """Multi-process flags: how this process joins the run, not part of its config."""
+    from cvae_jax.distributed import CLUSTER_METHODS
+    g = parser.add_argument_group(
+        "multi-process training", "launch parameters (not saved with the run): start the same "
+        "command once per host or GPU, each with its --process_id; see README, 'Scaling out'")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 and a free port "
+                   "on it; every process passes the same one")
+    g.add_argument("--num_processes", type=int, metavar="N", help="processes in the run (default 1)")
+    g.add_argument("--process_id", type=int, metavar="I", help="this process, 0..N-1; 0 writes the "
+                   "run folder's files and logs")
+    g.add_argument("--local_device_ids", type=int, nargs="+", metavar="ID",
+                   help="GPUs this process uses (e.g. one per process: --local_device_ids I); "
+                   "default: all it sees")
+    g.add_argument("--distributed", choices=CLUSTER_METHODS, metavar="|".join(CLUSTER_METHODS),
+                   help="read the flags above (those not given) from the cluster: auto detects "
+                   "Slurm, Open MPI, Cloud TPU or Kubernetes; mpi4py must be named")
+
+
+def init_distributed(args: argparse.Namespace) -> bool:
+    """Apply the launch flags (`jax.distributed.initialize`) before any JAX computation;
+    returns whether this process joined a multi-process run."""
+    from cvae_jax import distributed
+    return distributed.initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+                                  getattr(args, "process_id", None), getattr(args, "local_device_ids", None),
+                                  getattr(args, "distributed", None))
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -128,10 +157,32 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
+_CACHE_EVENTS = {"/jax/compilation_cache/compile_requests_use_cache": "requests",
+                 "/jax/compilation_cache/cache_hits": "hits"}
+_cache_counts = {"requests": 0, "hits": 0}
+
+
+def _count_cache_event(event: str, **_) -> None:
+    if event in _CACHE_EVENTS:
+        _cache_counts[_CACHE_EVENTS[event]] += 1
+
+
 def enable_compilation_cache() -> None:
     """Persist compiled programs so a second run skips the minute of XLA compilation."""
     import jax
 
     from cvae_jax.data.dance_folder import default_cache_dir
     jax.config.update("jax_compilation_cache_dir", str(default_cache_dir().parent / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
+    jax.monitoring.register_event_listener(_count_cache_event)
+
+
+MIN_CACHED_COMPILE_S = 1.0
+
+
+def compilation_cache_summary() -> str:
+    """One line for the end of a run: how many compiled programs came from the disk cache."""
+    import jax
+    return (f"compiled programs: {_cache_counts['hits']} of {_cache_counts['requests']} loaded from "
+            f"the cache in {jax.config.jax_compilation_cache_dir} (programs compiling in under "
+            f"{MIN_CACHED_COMPILE_S:g} s are not cached)")

@@ -4,6 +4,11 @@ Resume order: a run folder given with `resume=` continues from its latest checkp
 its saved config (only `num_epoch` may grow); otherwise a fresh run folder starts. Every
 random draw is keyed by (seed, epoch, global step), and batches by (seed, epoch), so a
 resumed run continues bit for bit where the interrupted one stopped.
+
+With several processes (`jax.distributed`, see `cvae_jax.distributed`) every process runs
+this same loop on the same batches; each feeds its rows of the global batch to its own
+devices. Process 0 alone writes config, metrics, plots and GIFs and logs; checkpoints are
+saved and restored by all processes together.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from cvae_jax import checkpointing, data as datasets, media, metrics, plots, schedules
+from cvae_jax import checkpointing, data as datasets, distributed, media, metrics, plots, schedules
 from cvae_jax.config import Config
 from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_step
 
@@ -45,7 +50,8 @@ class Progress:
 
 
 def data_mesh():
-    """A 1-D mesh over every device: batches split on 'data', state replicated.
+    """A 1-D mesh over every device of every process: batches split on 'data', state
+    replicated.
 
     Auto axes let the compiler place the collectives (BatchNorm and loss means over the
     batch, the gradient all-reduce) so model code stays free of sharding annotations.
@@ -78,21 +84,30 @@ def schedule_at(cfg: Config, epoch: int, global_step: int, n_total: int, progres
     return Schedule(*(jnp.float32(v) for v in (lr, beta, tfr)))
 
 
-def validate(predict, state, data, base_key):
+def validate(predict, state, data, base_key, sharding=None):
     """Per-(sequence, frame) PSNR of prior rollouts of every validation sequence, scored on
-    the predicted frames only; returns (psnr, predictions)."""
+    the predicted frames only; returns (psnr, predictions), the same in every process.
+    `sharding` places the inputs (replicated: validation batches are a single video)."""
     preds, truths = [], []
     for i, (inputs, truth) in enumerate(data.val_batches()):
         key = jax.random.fold_in(jax.random.fold_in(base_key, 3), i)
-        preds.append(np.asarray(predict(state.params, state.batch_stats, inputs, key))[:len(truth)])
+        if sharding is not None:
+            inputs = distributed.global_array(inputs, sharding)
+        pred = distributed.to_host(predict(state.params, state.batch_stats, inputs, key))
+        preds.append(pred[:len(truth)])
         truths.append(truth)
     preds = np.concatenate(preds)
     return np.asarray(metrics.psnr(preds, np.concatenate(truths))), preds
 
 
 def new_run_dir(cfg: Config) -> pathlib.Path:
-    name = cfg.run_name or f"{cfg.model}_{cfg.preset}_{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    return pathlib.Path(cfg.save_root) / name
+    """save_root/run_name, or save_root/<model>_<preset>_<start time> (process 0's time in
+    every process of a multi-process run)."""
+    if cfg.run_name:
+        return pathlib.Path(cfg.save_root) / cfg.run_name
+    now = datetime.datetime.now()
+    day, time_of_day = distributed.from_main([int(f"{now:%Y%m%d}"), int(f"{now:%H%M%S}")])
+    return pathlib.Path(cfg.save_root) / f"{cfg.model}_{cfg.preset}_{day:08d}-{time_of_day:06d}"
 
 
 def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
@@ -102,8 +117,13 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     A resume that raises `num_epoch` continues exactly only for schedules that do not
     depend on the run length: cosine LR and per-step KL annealing are stretched to the new
     total from the resumed step on.
+
+    In a multi-process run every process calls this with the same arguments; only
+    process 0 writes files and calls `log`.
     """
     t_start = time.perf_counter()
+    main = distributed.is_main()
+    log = log if main else _silent
     if resume:
         run_dir = pathlib.Path(resume)
         cfg = checkpointing.load_config(run_dir)
@@ -116,11 +136,14 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
         if ckpts.is_dir() and any(ckpts.iterdir()):
             raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
                                   "or choose another --run_name")
-    checkpointing.save_config(run_dir, cfg)
-
+    records = _read_records(run_dir)
     mesh = data_mesh()
     if cfg.batch_size % mesh.size:
-        raise ValueError(f"--batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices")
+        where = f" of the {jax.process_count()} processes" if jax.process_count() > 1 else ""
+        raise ValueError(f"--batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices{where}")
+    distributed.sync("cvae_jax: run folder read")  # before process 0 writes into it
+    if main:
+        checkpointing.save_config(run_dir, cfg)
     batch_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
 
@@ -130,15 +153,16 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     graphdef, state = init_state(cfg, jax.random.fold_in(base_key, 0))
     last_mgr, best_mgr = checkpointing.managers(run_dir, cfg.keep_last)
     progress = Progress(adaptive_tfr=schedules.AdaptiveTFR(cfg.tfr).to_dict() if cfg.tfr_adaptive else None)
-    records = _read_records(run_dir)
+    state = distributed.global_array(state, replicated)
     if resume:
         state, meta = checkpointing.restore(last_mgr, state)
         base_key = checkpointing.key_from_json(meta["key"])
         progress = Progress.from_json(meta)
         records = [r for r in records if r["epoch"] < progress.epoch]
         log(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step_in_epoch} of it")
-    state = jax.device_put(state, replicated)
-    _write_records(run_dir, records)
+        state = jax.device_put(state, replicated)  # restored replicated already: a no-op
+    if main:
+        _write_records(run_dir, records)
 
     train_step = make_train_step(graphdef, cfg)
     predict = make_predict(graphdef, cfg)
@@ -153,7 +177,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
             sched = schedule_at(cfg, epoch, global_step, n_total, progress)
             batches = data.epoch_batches(epoch)
             sums, n_done, bar = {}, 0, tqdm(total=n_steps, initial=progress.step_in_epoch, desc=f"epoch {epoch}",
-                                 dynamic_ncols=True, leave=False)
+                                 dynamic_ncols=True, leave=False, disable=not main)
             for i, batch in enumerate(batches):
                 if i >= n_steps:
                     break
@@ -161,9 +185,9 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                     continue  # applied before the interruption
                 sched = schedule_at(cfg, epoch, global_step, n_total, progress)
                 epoch_key, step_key = _keys(base_key, epoch, global_step)
-                state, m = train_step(state, jax.device_put(batch, batch_sharding), sched,
+                state, m = train_step(state, distributed.global_array(batch, batch_sharding), sched,
                                       epoch_key, step_key)
-                m = {k: float(v) for k, v in m.items()}
+                m = {k: float(v) for k, v in distributed.to_host(m).items()}
                 if not np.isfinite(m["loss"]):
                     saved = (f"the last checkpoint in {run_dir / 'checkpoints'} is intact"
                              if last_mgr.latest_step() is not None else
@@ -178,32 +202,49 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                 bar.set_postfix(loss=f"{m['loss']:.4f}", mse=f"{m['mse']:.4f}", kl=f"{m['kl']:.1f}",
                                 beta=f"{float(sched.beta):.3f}", tfr=f"{float(sched.tfr):.2f}", refresh=False)
                 bar.update(1)
+                if distributed.preemption_requested(global_step):
+                    raise distributed.Preempted(f"stopped on SIGTERM at epoch {epoch}, step {i + 1} of it; "
+                                                f"continue with --resume {run_dir}")
             bar.close()
             record = {"epoch": epoch, **{k: v / max(n_done, 1) for k, v in sums.items()},
                       "beta": float(sched.beta), "tfr": float(sched.tfr), "lr": float(sched.lr),
                       "steps": global_step, "seconds": round(time.perf_counter() - t_start, 1)}
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.num_epoch:
-                psnr, preds = validate(predict, state, data, base_key)
+                psnr, preds = validate(predict, state, data, base_key, replicated)
                 record["val_psnr"] = float(np.nanmean(psnr))
                 _after_validation(cfg, progress, record["val_psnr"])
-                _write_run_figures(run_dir, records + [record], psnr, preds, data, baseline)
+                if main:
+                    _write_run_figures(run_dir, records + [record], psnr, preds, data, baseline)
             progress.epoch, progress.step_in_epoch = epoch + 1, 0
             epoch_start_step = global_step
             records.append(record)
-            _write_records(run_dir, records)
+            if main:
+                _write_records(run_dir, records)
             log(_epoch_line(record, float(np.mean(baseline)), data.baseline_name))
             if (epoch + 1) % cfg.per_save == 0 or epoch + 1 == cfg.num_epoch:
                 meta = progress.to_json(base_key, cfg)
                 checkpointing.save(last_mgr, global_step, state, meta)
                 if record.get("val_psnr") is not None:
                     checkpointing.save(best_mgr, global_step, state, meta, {"val_psnr": record["val_psnr"]})
+    except distributed.Preempted as stop:  # every process is here, after the same step
+        _save_interrupted(last_mgr, state, progress, epoch_start_step, base_key, cfg, run_dir, log)
+        log(str(stop))
+        raise
     except KeyboardInterrupt:
+        if jax.process_count() > 1:  # a save needs every process, each at the same step
+            log(f"interrupted: the last checkpoint in {run_dir / 'checkpoints'} stands (SIGTERM to "
+                "any process stops all of them with a checkpoint)")
+            raise
         _save_interrupted(last_mgr, state, progress, epoch_start_step, base_key, cfg, run_dir, log)
         raise
     last_mgr.wait_until_finished()
     best_mgr.wait_until_finished()
     log(_summary(run_dir, records, baseline, data.baseline_name, time.perf_counter() - t_start))
     return run_dir
+
+
+def _silent(line: str) -> None:
+    """`log` in processes other than 0."""
 
 
 def _save_interrupted(manager, state, progress, epoch_start_step, base_key, cfg, run_dir, log) -> None:

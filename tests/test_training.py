@@ -331,3 +331,9 @@ def test_train_py_end_to_end(workdir):
     for name in ("checkpoints", "best"):
         assert (run_dir / name).is_dir() and any((run_dir / name).iterdir()), name
     assert checkpointing.load_config(run_dir) == cfg
+    # a second run of the same shapes loads every compiled program from the persistent cache
+    again = subprocess.run([sys.executable, "train.py", *cli_flags(cfg.replace(run_name="cli_again"))],
+                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    reused = re.search(r"compiled programs: (\d+) of (\d+) loaded from the cache", again.stdout)
+    assert reused and int(reused.group(1)) > 0, again.stdout
