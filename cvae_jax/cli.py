@@ -157,6 +157,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
+MIN_CACHED_COMPILE_S = 1.0  # quicker compiles are not worth a disk entry
 _CACHE_EVENTS = {"/jax/compilation_cache/compile_requests_use_cache": "requests",
                  "/jax/compilation_cache/cache_hits": "hits"}
 _cache_counts = {"requests": 0, "hits": 0}
@@ -176,8 +177,6 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
     jax.monitoring.register_event_listener(_count_cache_event)
 
-
-MIN_CACHED_COMPILE_S = 1.0
 
 
 def compilation_cache_summary() -> str:

@@ -63,9 +63,10 @@ def cast_floats(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def merged_model(graphdef, params, batch_stats, cfg: Config):
-    """The model at the compute precision (BatchNorm running averages stay float32)."""
-    return nnx.merge(graphdef, cast_floats(params, compute_dtype(cfg)), batch_stats)
+def at_precision(graphdef, params, batch_stats, inputs, cfg: Config):
+    """(model, inputs) at the compute precision; BatchNorm running averages stay float32."""
+    dtype = compute_dtype(cfg)
+    return nnx.merge(graphdef, cast_floats(params, dtype), batch_stats), cast_floats(inputs, dtype)
 
 
 def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
@@ -75,8 +76,7 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
     fam = models.family(cfg.model)
 
     def objective(params, batch_stats, batch, teacher, key, beta):
-        model = merged_model(graphdef, params, batch_stats, cfg)
-        batch = cast_floats(batch, compute_dtype(cfg))
+        model, batch = at_precision(graphdef, params, batch_stats, batch, cfg)
         loss, metrics, moments = fam.objective(model, batch, teacher, key, beta, cfg)
         return loss, (metrics, jax.lax.stop_gradient(cast_floats(moments, jnp.float32)))
 
@@ -117,8 +117,7 @@ def make_predict(graphdef, cfg: Config, **options):
     fam = models.family(cfg.model)
 
     def predict(params, batch_stats, batch, key):
-        model = merged_model(graphdef, params, batch_stats, cfg)
-        batch = cast_floats(batch, compute_dtype(cfg))
+        model, batch = at_precision(graphdef, params, batch_stats, batch, cfg)
         return fam.predict_batch(model, batch, key, cfg, **options).astype(jnp.float32)
 
     return jax.jit(predict)
@@ -128,8 +127,7 @@ def make_generate(graphdef, cfg: Config):
     """Jitted Lab4 `generate(params, batch_stats, first_frame, poses, key)` (all frames)."""
 
     def gen(params, batch_stats, first_frame, poses, key):
-        model = merged_model(graphdef, params, batch_stats, cfg)
-        first_frame, poses = cast_floats((first_frame, poses), compute_dtype(cfg))
+        model, (first_frame, poses) = at_precision(graphdef, params, batch_stats, (first_frame, poses), cfg)
         return lab4.generate(model, first_frame, poses, key, bn_mode=cfg.bn_mode,
                              z_mode=cfg.z_mode).astype(jnp.float32)
 

@@ -29,27 +29,20 @@ def value_and_grads(conv, x, k, probe):
     return jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k)) * probe), argnums=(0, 1))(x, k)
 
 
-@pytest.mark.parametrize("lead", [(2,), (3, 2)])
-def test_conv3x3_matches_xla(rng, lead):
-    x = jnp.asarray(rng.normal(size=lead + (5, 7, 4)), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
-    probe = jnp.asarray(rng.normal(size=lead + (5, 7, 6)), jnp.float32)
-    np.testing.assert_allclose(kernels.conv3x3(x, k), xla_dense(x, k), rtol=1e-5, atol=1e-5)
-    (v0, (dx0, dk0)), (v1, (dx1, dk1)) = (value_and_grads(f, x, k, probe)
-                                          for f in (xla_dense, kernels.conv3x3))
-    np.testing.assert_allclose(v1, v0, rtol=1e-5)
-    np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(dk1, dk0, rtol=1e-4, atol=1e-4)
+CASES = {"dense": (kernels.conv3x3, xla_dense, (5, 7, 4), (3, 3, 4, 6), 6),
+         "depthwise": (kernels.depthwise3x3, xla_depthwise, (6, 5, 4), (3, 3, 4), 4)}
 
 
 @pytest.mark.parametrize("lead", [(2,), (3, 2)])
-def test_depthwise3x3_matches_grouped_conv(rng, lead):
-    x = jnp.asarray(rng.normal(size=lead + (6, 5, 4)), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(3, 3, 4)), jnp.float32)
-    probe = jnp.asarray(rng.normal(size=lead + (6, 5, 4)), jnp.float32)
-    np.testing.assert_allclose(kernels.depthwise3x3(x, k), xla_depthwise(x, k), rtol=1e-5, atol=1e-5)
-    (v0, (dx0, dk0)), (v1, (dx1, dk1)) = (value_and_grads(f, x, k, probe)
-                                          for f in (xla_depthwise, kernels.depthwise3x3))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_matches_xla(rng, case, lead):
+    """Values and both gradients against XLA's dense / grouped convolution."""
+    ours, xla, image, kernel, out_ch = CASES[case]
+    x = jnp.asarray(rng.normal(size=lead + image), jnp.float32)
+    k = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=lead + image[:2] + (out_ch,)), jnp.float32)
+    np.testing.assert_allclose(ours(x, k), xla(x, k), rtol=1e-5, atol=1e-5)
+    (v0, (dx0, dk0)), (v1, (dx1, dk1)) = (value_and_grads(f, x, k, probe) for f in (xla, ours))
     np.testing.assert_allclose(v1, v0, rtol=1e-5)
     np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dk1, dk0, rtol=1e-4, atol=1e-4)
