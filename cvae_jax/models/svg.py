@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
@@ -78,26 +79,32 @@ class StepAux(NamedTuple):
     moments: tuple            # (encoder, predictor, decoder) BatchNorm batch moments
 
 
+def _latent_and_predict(model: SVG, states, h_prev, x: StepInputs, key, train: bool, z_mode: str):
+    """The recurrent half of a step: posterior and prior LSTMs, z, frame predictor -> g."""
+    pred_s, post_s, prior_s = states
+    mu, logvar, post_s = model.posterior(x.h_target, post_s)
+    if model.prior is None:
+        prior_mu = prior_logvar = jnp.zeros_like(mu)
+    else:
+        prior_mu, prior_logvar, prior_s = model.prior(h_prev, prior_s)
+    k_post, k_prior = jax.random.split(key)
+    if z_mode == "mean":
+        z_prior = prior_mu
+    else:
+        z_prior = reparameterize(prior_mu, prior_logvar, k_prior)
+    z = jnp.where(x.use_posterior, reparameterize(mu, logvar, k_post), z_prior)
+    g, pred_s, pred_m = model.frame_predictor(jnp.concatenate([h_prev, z, x.cond], -1), pred_s, train)
+    return (pred_s, post_s, prior_s), g, (mu, logvar, prior_mu, prior_logvar), pred_m
+
+
 def _step_fn(model: SVG, train: bool, z_mode: str = "sample"):
     def step(carry, prev_frame, weight, x: StepInputs, key):
-        pred_s, post_s, prior_s, skips = carry
+        *states, skips = carry
         h_prev, new_skips, enc_m = model.encoder(prev_frame, train)
         skips = jax.tree.map(lambda n, o: jnp.where(x.take_skip, n, o), new_skips, skips)
-        mu, logvar, post_s = model.posterior(x.h_target, post_s)
-        if model.prior is None:
-            prior_mu = prior_logvar = jnp.zeros_like(mu)
-        else:
-            prior_mu, prior_logvar, prior_s = model.prior(h_prev, prior_s)
-        k_post, k_prior = jax.random.split(key)
-        if z_mode == "mean":
-            z_prior = prior_mu
-        else:
-            z_prior = reparameterize(prior_mu, prior_logvar, k_prior)
-        z = jnp.where(x.use_posterior, reparameterize(mu, logvar, k_post), z_prior)
-        g, pred_s, pred_m = model.frame_predictor(jnp.concatenate([h_prev, z, x.cond], -1), pred_s, train)
+        states, g, moments, pred_m = _latent_and_predict(model, states, h_prev, x, key, train, z_mode)
         frame, dec_m = model.decoder(g, skips, train)
-        aux = StepAux(mu, logvar, prior_mu, prior_logvar, (enc_m, pred_m, dec_m))
-        return (pred_s, post_s, prior_s, skips), frame, aux
+        return (*states, skips), frame, StepAux(*moments, (enc_m, pred_m, dec_m))
     return step
 
 
@@ -109,11 +116,17 @@ def _initial_carry(model: SVG, first_frame):
     return (model.frame_predictor.init_state(b), model.posterior.init_state(b), prior_s, skips)
 
 
-def _take_skip(n_steps: int, n_past: int, last_frame_skip: bool, skip_compat: bool):
+def _take_skip(n_steps: int, n_past: int, last_frame_skip: bool, skip_compat: bool) -> np.ndarray:
     """Step t (1-based) encodes x_{t-1}; the last context frame n_past-1 is seen at t = n_past."""
-    t = jnp.arange(1, n_steps + 1)
+    t = np.arange(1, n_steps + 1)
     last = n_past - 1 if skip_compat else n_past
-    return jnp.logical_or(last_frame_skip, t <= last)
+    return np.logical_or(last_frame_skip, t <= last)
+
+
+def _skip_source(take_skip: np.ndarray) -> np.ndarray:
+    """The frame whose skips step t decodes with: the latest x_{s-1}, s <= t, that took them
+    (-1: none yet, zero skips, as the rollout's initial carry)."""
+    return np.maximum.accumulate(np.where(take_skip, np.arange(len(take_skip)), -1))
 
 
 class Terms(NamedTuple):
@@ -139,6 +152,38 @@ def training_rollout(model: SVG, frames, cond, teacher, key, *, n_past: int,
                             teacher=teacher, state=_initial_carry(model, frames[0]), remat=remat,
                             unroll=unroll)
     return Terms(preds, frames[1:], aux, target_m)
+
+
+def teacher_forced_rollout(model: SVG, frames, cond, key, *, n_past: int, last_frame_skip=False,
+                           skip_compat=False, remat=False, unroll=1) -> Terms:
+    """`training_rollout` with every step teacher-forced: only the LSTMs stay sequential.
+
+    Each frame is encoded once and all steps are decoded in one call (BatchNorm statistics
+    stay per time step, see `layers.FrameBatchNorm`); the scan carries the LSTM states
+    alone. Keys follow the rollout engine's per-step split, so the result equals
+    `training_rollout(..., teacher=1)` up to float rounding.
+    """
+    frames, cond = time_major(frames), time_major(cond)
+    n_steps = frames.shape[0] - 1
+    h, skips, enc_m = model.encoder(frames, True)
+    source = _skip_source(_take_skip(n_steps, n_past, last_frame_skip, skip_compat))
+    known = jnp.asarray(source >= 0).reshape((-1,) + (1,) * (skips[0].ndim - 1))
+    step_skips = [jnp.where(known, s[np.maximum(source, 0)], 0) for s in skips]
+    inputs = StepInputs(h[1:], cond[1:], jnp.ones((n_steps,), bool), None)
+
+    def step(states, xs):
+        h_prev, x, key_t = xs
+        states, g, moments, pred_m = _latent_and_predict(model, states, h_prev, x, key_t, True, "sample")
+        return states, (g, moments, pred_m)
+
+    step = jax.checkpoint(step) if remat else step
+    states = _initial_carry(model, frames[0])[:3]
+    _, (g, moments, pred_m) = jax.lax.scan(step, states, (h[:-1], inputs, jax.random.split(key, n_steps)),
+                                           unroll=1 if remat else unroll)
+    preds, dec_m = model.decoder(g, step_skips, True)
+    prev_m = [(m[:-1], v[:-1]) for m, v in enc_m]
+    target_m = [(m[1:], v[1:]) for m, v in enc_m]
+    return Terms(preds, frames[1:], StepAux(*moments, (prev_m, pred_m, dec_m)), target_m)
 
 
 def predict(model: SVG, context, cond, key, *, n_future: int, last_frame_skip=False,
@@ -174,12 +219,19 @@ def teacher_steps(cfg, batch) -> int:
     return batch[0].shape[1] - 1
 
 
+TEACHER_FORCED_PATH = True  # `objective` takes teacher=None for "every step teacher-forced"
+
+
 def objective(model: SVG, batch, teacher, key, beta, cfg):
-    """(loss, metrics, BatchNorm moments): sum over steps of MSE + beta * KL (edenton/svg)."""
+    """(loss, metrics, BatchNorm moments): sum over steps of MSE + beta * KL (edenton/svg).
+    teacher: (T-1, B) weights, or None when every step is teacher-forced (a faster program)."""
     frames, cond = batch
-    terms = training_rollout(model, frames, cond, teacher, key, n_past=cfg.n_past,
-                             last_frame_skip=cfg.last_frame_skip, skip_compat=cfg.skip_compat,
-                             remat=cfg.remat, unroll=cfg.scan_unroll)
+    kw = dict(n_past=cfg.n_past, last_frame_skip=cfg.last_frame_skip, skip_compat=cfg.skip_compat,
+              remat=cfg.remat, unroll=cfg.scan_unroll)
+    if teacher is None:  # the caller knows every step is teacher-forced
+        terms = teacher_forced_rollout(model, frames, cond, key, **kw)
+    else:
+        terms = training_rollout(model, frames, cond, teacher, key, **kw)
     a = terms.aux
     mse = jnp.sum(losses.mse_per_frame(terms.preds, terms.targets))
     if model.prior is None:
