@@ -103,6 +103,8 @@ class Config:
     # execution
     scan_unroll: int = 16  # training rollout steps per loop iteration (see rollout.py)
     remat: bool = False  # rematerialise each scanned step in the backward pass (memory)
+    # also compile the all-teacher-forced program (faster TF steps; twice the compile time)
+    tf_fast_path: bool = True
     precision: str = "fp32"  # bf16: bfloat16 compute, float32 parameters, optimizer and loss
 
     def replace(self, **changes) -> "Config":

@@ -29,7 +29,8 @@ XLA_FAST = "--xla_backend_optimization_level=0"  # compiles in a third of the ti
 FLAGS = ["--preset", "lab4", "--frame_H", "8", "--frame_W", "16", "--F_dim", "8", "--L_dim", "8",
          "--N_dim", "4", "--D_out_dim", "16", "--train_vi_len", "2", "--val_vi_len", "8",
          "--scan_unroll", "1", "--batch_size", "2", "--steps_per_epoch", "2",
-         "--synthetic_train_videos", "1", "--num_epoch", "1", "--tf_mode", "frame", "--tfr", "0.5"]
+         "--synthetic_train_videos", "1", "--num_epoch", "1", "--tf_mode", "frame", "--tfr", "0.5",
+         "--no-tf_fast_path"]
 
 
 def free_port() -> int:

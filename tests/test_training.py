@@ -44,7 +44,8 @@ def tiny_config(workdir, **changes) -> Config:
         train_vi_len=4, val_vi_len=16, batch_size=2, steps_per_epoch=2, synthetic_train_videos=1,
         cache_dir=str(workdir / "cache"), save_root=str(workdir / "runs"), num_epoch=2,
         lr_milestones=(1,), kl_anneal_type="Monotonic", kl_anneal_cycle=1,
-        tf_mode="frame", tfr=0.5, tfr_adaptive=True, tfr_d_step=0.3)
+        tf_mode="frame", tfr=0.5, tfr_adaptive=True, tfr_d_step=0.3,
+        tf_fast_path=False)  # half the compile; tests/test_svg_training.py resumes through both
     return cfg.replace(**changes).validated()
 
 
