@@ -30,8 +30,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from cvae_jax import losses
