@@ -87,7 +87,7 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
                                        fam.teacher_steps(cfg, batch), batch_size)
         grad_fn = jax.value_and_grad(objective, has_aux=True)
         args = (state.params, state.batch_stats, batch)
-        if cfg.tf_fast_path and getattr(fam, "TEACHER_FORCED_PATH", False):
+        if cfg.tf_fast_path:
             # Both branches are whole gradient computations: differentiating through a cond
             # would carry both branches' residuals (measured: +0.8 s per Lab4 step).
             (_, (metrics, moments)), grads = jax.lax.cond(

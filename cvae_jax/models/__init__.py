@@ -1,7 +1,8 @@
 """The model registry: `--model` names a module that implements the family interface.
 
 A family module provides `build(cfg, key)`, `teacher_steps(cfg, batch)`,
-`objective(model, batch, teacher, key, beta, cfg) -> (loss, metrics, moments)`,
+`objective(model, batch, teacher, key, beta, cfg) -> (loss, metrics, moments)` (teacher
+None: every step teacher-forced, which a family computes without the per-step chain),
 `fold_batch_stats(model, moments, batch)` and `predict_batch(model, batch, key, cfg, ...)`; the
 training step, training loop, checkpointing and evaluation only talk to that interface.
 """

@@ -198,9 +198,6 @@ def teacher_steps(cfg, batch) -> int:
     return batch[0].shape[1] - 1
 
 
-TEACHER_FORCED_PATH = True  # `objective` takes teacher=None for "every step teacher-forced"
-
-
 def objective(model: Lab4CVAE, batch, teacher, key, beta, cfg):
     """(loss, metrics, pose BatchNorm moments): per-frame MSE + beta * KL, summed over the clip.
 

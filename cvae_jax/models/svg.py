@@ -219,9 +219,6 @@ def teacher_steps(cfg, batch) -> int:
     return batch[0].shape[1] - 1
 
 
-TEACHER_FORCED_PATH = True  # `objective` takes teacher=None for "every step teacher-forced"
-
-
 def objective(model: SVG, batch, teacher, key, beta, cfg):
     """(loss, metrics, BatchNorm moments): sum over steps of MSE + beta * KL (edenton/svg).
     teacher: (T-1, B) weights, or None when every step is teacher-forced (a faster program)."""
