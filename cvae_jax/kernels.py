@@ -36,6 +36,22 @@ def _shifted(x):
     return [[xp[:, i:i + h, j:j + w, :] for j in range(3)] for i in range(3)]
 
 
+def _filter_grad(x, g):
+    """dK[i, j] = sum over pixels of x[p + (i, j) - 1] outer g[p], as one GEMM whose
+    contraction is over every pixel: the nine shifted windows are taken of whichever of x
+    and g has fewer channels (dK[i, j] = x[q] outer g[q + 1 - (i, j)] as well), so the
+    copies and the GEMM's wide operand are read once."""
+    cin, cout = x.shape[-1], g.shape[-1]
+    flat = lambda a: a.reshape(-1, a.shape[-1])
+    contract = (((0,), (0,)), ((), ()))
+    if cin <= cout:
+        cols = jnp.concatenate([flat(w) for row in _shifted(x) for w in row], -1)
+        return lax.dot_general(cols, flat(g), contract).reshape(3, 3, cin, cout)
+    windows = _shifted(g)
+    cols = jnp.concatenate([flat(windows[2 - i][2 - j]) for i in range(3) for j in range(3)], -1)
+    return lax.dot_general(flat(x), cols, contract).reshape(cin, 3, 3, cout).transpose(1, 2, 0, 3)
+
+
 @jax.custom_vjp
 def conv3x3(x, kernel):
     """Dense 3x3 convolution, stride 1, zero padding 1: x (..., H, W, Cin), kernel
@@ -51,11 +67,7 @@ def _conv3x3_bwd(res, g):
     x, kernel = res
     xi, gi = _as_images(x), _as_images(g)
     dx = _dense(gi, jnp.flip(kernel, (0, 1)).swapaxes(2, 3)).reshape(x.shape)
-    g2 = gi.reshape(-1, gi.shape[-1])
-    windows = _shifted(xi)
-    contract = (((0,), (0,)), ((), ()))
-    dk = jnp.stack([jnp.stack([lax.dot_general(win.reshape(-1, win.shape[-1]), g2, contract)
-                               for win in row]) for row in windows])
+    dk = _filter_grad(xi, gi)
     return dx, dk
 
 

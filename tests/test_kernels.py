@@ -30,6 +30,7 @@ def value_and_grads(conv, x, k, probe):
 
 
 CASES = {"dense": (kernels.conv3x3, xla_dense, (5, 7, 4), (3, 3, 4, 6), 6),
+         "dense_narrowing": (kernels.conv3x3, xla_dense, (5, 7, 6), (3, 3, 6, 4), 4),  # g shifted
          "depthwise": (kernels.depthwise3x3, xla_depthwise, (6, 5, 4), (3, 3, 4), 4)}
 
 
