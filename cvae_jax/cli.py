@@ -161,6 +161,7 @@ MIN_CACHED_COMPILE_S = 1.0  # quicker compiles are not worth a disk entry
 _CACHE_EVENTS = {"/jax/compilation_cache/compile_requests_use_cache": "requests",
                  "/jax/compilation_cache/cache_hits": "hits"}
 _cache_counts = {"requests": 0, "hits": 0}
+_listening = False  # jax.monitoring keeps every listener registered; one is enough
 
 
 def _count_cache_event(event: str, **_) -> None:
@@ -169,14 +170,18 @@ def _count_cache_event(event: str, **_) -> None:
 
 
 def enable_compilation_cache() -> None:
-    """Persist compiled programs so a second run skips the minute of XLA compilation."""
+    """Persist compiled programs so a second run skips the minute of XLA compilation.
+    Each call starts the counts of `compilation_cache_summary` afresh (one per run)."""
+    global _listening
     import jax
 
     from cvae_jax.data.dance_folder import default_cache_dir
     jax.config.update("jax_compilation_cache_dir", str(default_cache_dir().parent / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
-    jax.monitoring.register_event_listener(_count_cache_event)
-
+    _cache_counts.update(requests=0, hits=0)
+    if not _listening:
+        jax.monitoring.register_event_listener(_count_cache_event)
+        _listening = True
 
 
 def compilation_cache_summary() -> str:

@@ -338,3 +338,20 @@ def test_train_py_end_to_end(workdir):
     assert again.returncode == 0, again.stderr[-4000:]
     reused = re.search(r"compiled programs: (\d+) of (\d+) loaded from the cache", again.stdout)
     assert reused and int(reused.group(1)) > 0, again.stdout
+
+
+def test_cache_counts_are_per_run_and_counted_once(tmp_path, monkeypatch):
+    """A notebook running train.main twice: the second summary counts its own events, once each."""
+    from cvae_jax import cli
+    monkeypatch.setenv("CVAE_JAX_CACHE", str(tmp_path / "data"))
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    try:
+        cli.enable_compilation_cache()
+        jax.monitoring.record_event("/jax/compilation_cache/cache_hits")
+        cli.enable_compilation_cache()
+        jax.monitoring.record_event("/jax/compilation_cache/compile_requests_use_cache")
+        jax.monitoring.record_event("/jax/compilation_cache/cache_hits")
+        assert "compiled programs: 1 of 1 loaded" in cli.compilation_cache_summary()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
