@@ -127,13 +127,14 @@ def test_positions_follow_actions_in_the_csv_files(dataset):
         assert np.all((a[:, 3] >= 0) & (a[:, 3] <= 1))
 
 
-def test_motion_is_smooth_and_about_three_pixels_per_frame():
+def test_motion_is_smooth_and_about_four_pixels_per_frame():
     scenes = [sp._scene(1, "train", i) for i in range(24)]
     step = np.concatenate([np.diff(s.positions[:, :2], axis=0) for s in scenes]) * 24  # pixels
     speed = np.hypot(step[:, 0], step[:, 1])
-    assert 2.5 < speed.mean() < 4.0 and speed.max() < 7.0
+    assert 3.8 < speed.mean() < 5.5 and speed.max() < 9.5
     jerk = np.concatenate([np.diff(s.actions[:, :2], axis=0) for s in scenes]) * 24
-    assert np.hypot(jerk[:, 0], jerk[:, 1]).mean() < 0.35 * speed.mean()  # smooth, not white noise
+    # smooth, not white noise (independent actions would give ~1.4x the speed; this is ~0.4x)
+    assert np.hypot(jerk[:, 0], jerk[:, 1]).mean() < 0.5 * speed.mean()
     z = np.concatenate([s.positions[:, 2] for s in scenes])
     assert (z < sp.PUSH_HEIGHT).mean() > 0.2 and (z > 0.6).mean() > 0.05
 
@@ -187,10 +188,10 @@ def test_objects_move_only_when_pushed():
                                 np.hypot(*(objects[t + 1, j] - objects[t + 1, k])) <= r + radii[j] + moves[t, j]]
                     assert near or touching, (i, t, k)
         pushed += moves.sum(axis=0).max() * 24 > 2.0
-        if len(radii) == 1 and not ever_near[0]:
+        if not ever_near.any():  # the gripper never reached any object: nothing may move at all
             assert np.array_equal(objects[-1], objects[0])
             untouched += 1
-    assert pushed >= 0.5 * 160 and untouched >= 1  # fast grippers leave few objects alone
+    assert pushed >= 0.5 * 160 and untouched >= 1  # fast grippers leave few scenes alone
 
 
 def test_rendered_objects_follow_their_tracks():
