@@ -116,9 +116,8 @@ def init_distributed(args: argparse.Namespace) -> bool:
     """Apply the launch flags (`jax.distributed.initialize`) before any JAX computation;
     returns whether this process joined a multi-process run."""
     from cvae_jax import distributed
-    return distributed.initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
-                                  getattr(args, "process_id", None), getattr(args, "local_device_ids", None),
-                                  getattr(args, "distributed", None))
+    return distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                  args.local_device_ids, args.distributed)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

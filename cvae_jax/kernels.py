@@ -3,8 +3,8 @@
 Why: in a training step of these models most time goes to the convolutions' gradients,
 and XLA CPU's own choices there are slow. Its filter gradient of a dense 3x3 convolution
 runs at about half the forward's FLOP rate (it transposes both operands into a
-convolution over the batch); nine GEMMs over the shifted input do the same sum at the
-forward's rate. For the depthwise convolution written as nine shifted multiply-adds,
+convolution over the batch); nine GEMMs over shifted windows (of the input or of the
+output gradient, whichever is narrower) do the same sum at the forward's rate. For the depthwise convolution written as nine shifted multiply-adds,
 autodiff keeps the nine shifted copies of the input alive for the backward pass; here
 the backward is another fused shifted multiply-add and nine reductions.
 

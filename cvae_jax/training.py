@@ -160,7 +160,6 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
         progress = Progress.from_json(meta)
         records = [r for r in records if r["epoch"] < progress.epoch]
         log(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step_in_epoch} of it")
-        state = jax.device_put(state, replicated)  # restored replicated already: a no-op
     if main:
         _write_records(run_dir, records)
 

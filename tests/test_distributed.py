@@ -51,15 +51,21 @@ def start(workdir, name: str, save_root: str, devices: int, launch=()):
 
 
 def finish(workdir, procs: dict) -> None:
+    """Wait for every process; the first to fail (or, at the deadline, every one still
+    running) is reported with its stderr, since a failed peer leaves the others waiting."""
     deadline = time.monotonic() + TIMEOUT
+    err = lambda name: f"{name} stderr:\n" + (workdir / f"{name}.err").read_text()[-4000:]
     try:
+        while any(proc.poll() is None for proc in procs.values()):
+            failed = [name for name, proc in procs.items() if proc.poll() not in (None, 0)]
+            assert not failed, f"{failed[0]} failed:\n" + err(failed[0])
+            if time.monotonic() > deadline:
+                running = [name for name, proc in procs.items() if proc.poll() is None]
+                pytest.fail(f"{', '.join(running)} still running after {TIMEOUT} s\n"
+                            + "\n".join(err(name) for name in procs))
+            time.sleep(0.5)
         for name, proc in procs.items():
-            try:
-                code = proc.wait(timeout=max(deadline - time.monotonic(), 1))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{name} still running after {TIMEOUT} s; stderr:\n"
-                            + (workdir / f"{name}.err").read_text()[-4000:])
-            assert code == 0, f"{name} failed:\n" + (workdir / f"{name}.err").read_text()[-4000:]
+            assert proc.returncode == 0, f"{name} failed:\n" + err(name)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
