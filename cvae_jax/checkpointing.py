@@ -35,16 +35,23 @@ def load_config(run_dir) -> Config:
 
 
 def managers(run_dir: pathlib.Path, keep_last: int) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
-    """(last-k manager, best-by-validation-PSNR manager)."""
+    """(last-k manager, best-by-validation-PSNR manager).
+
+    Each has its own barrier names: in a multi-process run both save the same step
+    asynchronously, and orbax names its cross-process barriers by step alone, so two
+    managers on one step would join each other's barriers (and fail when they overlap)."""
     run_dir = pathlib.Path(run_dir).absolute()
-    last = ocp.CheckpointManager(
-        run_dir / "checkpoints", item_names=("state", "meta"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep_last, create=True))
-    best = ocp.CheckpointManager(
-        run_dir / "best", item_names=("state", "meta"),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m["val_psnr"], best_mode="max",
-            keep_checkpoints_without_metrics=False))
+
+    def options(name: str, **kw) -> ocp.CheckpointManagerOptions:
+        return ocp.CheckpointManagerOptions(
+            create=True, multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
+            **kw)
+
+    last = ocp.CheckpointManager(run_dir / "checkpoints", item_names=("state", "meta"),
+                                 options=options("last", max_to_keep=keep_last))
+    best = ocp.CheckpointManager(run_dir / "best", item_names=("state", "meta"),
+                                 options=options("best", max_to_keep=1, best_fn=lambda m: m["val_psnr"],
+                                                 best_mode="max", keep_checkpoints_without_metrics=False))
     return last, best
 
 
