@@ -44,8 +44,8 @@ def _torch_uniform(key, shape, fan_in):
 
 
 class Conv(nnx.Module):
-    """Dense 2-D convolution with zero padding; 1x1 stride-1 becomes a matmul and 3x3
-    'same' goes through `kernels.conv3x3`."""
+    """Dense 2-D convolution with zero padding; 1x1 stride-1 becomes a matmul, 3x3 'same'
+    goes through `kernels.conv3x3` and wider unpadded kernels through `kernels.conv_valid`."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
                  padding: int = 0, init_std: float | None = None, rngs: nnx.Rngs):
@@ -66,6 +66,8 @@ class Conv(nnx.Module):
             return x @ k[0, 0] + self.bias[...]
         if k.shape[:2] == (3, 3) and self.stride == 1 and self.padding == 1:
             return kernels.conv3x3(x, k) + self.bias[...]
+        if k.shape[0] > 3 and self.stride == 1 and self.padding == 0:
+            return kernels.conv_valid(x, k) + self.bias[...]
         lead = x.shape[:-3]
         y = jax.lax.conv_general_dilated(
             x.reshape((-1,) + x.shape[-3:]), k, (self.stride, self.stride),

@@ -25,24 +25,31 @@ def xla_depthwise(x, k):
                                     feature_group_count=c).reshape(x.shape)
 
 
+def xla_valid(x, k):
+    y = lax.conv_general_dilated(x.reshape((-1,) + x.shape[-3:]), k, (1, 1), "VALID", dimension_numbers=NHWC)
+    return y.reshape(x.shape[:-3] + y.shape[1:])
+
+
 def value_and_grads(conv, x, k, probe):
     return jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k)) * probe), argnums=(0, 1))(x, k)
 
 
-CASES = {"dense": (kernels.conv3x3, xla_dense, (5, 7, 4), (3, 3, 4, 6), 6),
-         "dense_narrowing": (kernels.conv3x3, xla_dense, (5, 7, 6), (3, 3, 6, 4), 4),  # g shifted
-         "depthwise": (kernels.depthwise3x3, xla_depthwise, (6, 5, 4), (3, 3, 4), 4)}
+CASES = {"dense": (kernels.conv3x3, xla_dense, (5, 7, 4), (3, 3, 4, 6)),
+         "dense_narrowing": (kernels.conv3x3, xla_dense, (5, 7, 6), (3, 3, 6, 4)),  # g shifted
+         "depthwise": (kernels.depthwise3x3, xla_depthwise, (6, 5, 4), (3, 3, 4)),
+         "valid": (kernels.conv_valid, xla_valid, (9, 11, 3), (7, 5, 3, 4))}  # non-square kernel
 
 
 @pytest.mark.parametrize("lead", [(2,), (3, 2)])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_kernel_matches_xla(rng, case, lead):
     """Values and both gradients against XLA's dense / grouped convolution."""
-    ours, xla, image, kernel, out_ch = CASES[case]
+    ours, xla, image, kernel = CASES[case]
     x = jnp.asarray(rng.normal(size=lead + image), jnp.float32)
     k = jnp.asarray(rng.normal(size=kernel), jnp.float32)
-    probe = jnp.asarray(rng.normal(size=lead + image[:2] + (out_ch,)), jnp.float32)
-    np.testing.assert_allclose(ours(x, k), xla(x, k), rtol=1e-5, atol=1e-5)
+    want = xla(x, k)
+    probe = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    np.testing.assert_allclose(ours(x, k), want, rtol=1e-5, atol=1e-5)
     (v0, (dx0, dk0)), (v1, (dx1, dk1)) = (value_and_grads(f, x, k, probe) for f in (xla, ours))
     np.testing.assert_allclose(v1, v0, rtol=1e-5)
     np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-5)
