@@ -133,11 +133,15 @@ def _depthwise_fwd(x, kernel):
 
 
 def _depthwise_bwd(res, g):
+    """dK[i, j] = sum over p of x[p + (i, j) - 1] * g[p] = sum over q of x[q] * g[q + 1 - (i, j)]:
+    the windows are of g, the same ones dx uses, not of x, whose windows XLA would otherwise
+    share with the forward pass and keep in memory between the passes."""
     x, kernel = res
     xi, gi = _as_images(x), _as_images(g)
     dx = _depthwise(gi, jnp.flip(kernel, (0, 1))).reshape(x.shape)
-    dk = jnp.stack([jnp.stack([jnp.sum(win * gi, axis=(0, 1, 2)) for win in row])
-                    for row in _shifted(xi)])
+    windows = _shifted(gi)
+    dk = jnp.stack([jnp.stack([jnp.sum(xi * windows[2 - i][2 - j], axis=(0, 1, 2)) for j in range(3)])
+                    for i in range(3)])
     return dx, dk
 
 
