@@ -239,7 +239,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(a.presets or ()) - {x for m in a.models for x in PRESETS[m]}
     if unknown:
         p.error(f"--presets {sorted(unknown)}: not a preset of --models {a.models}")
-    a.presets = a.presets or (["cpu"] if a.quick else [x for m in a.models for x in PRESETS[m]])
+    # each preset once: lab4 and svg both have "cpu", and a preset runs for every model that has it
+    a.presets = list(dict.fromkeys(a.presets or (["cpu"] if a.quick else [x for m in a.models for x in PRESETS[m]])))
     a.repeats = a.repeats if a.repeats is not None else 2 if a.quick else 3
     a.warmup = a.warmup if a.warmup is not None else 1
     a.torch_threads = a.torch_threads or (1 if a.quick else None)

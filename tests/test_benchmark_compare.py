@@ -52,6 +52,14 @@ def test_compare_quick(tmp_path):
         assert name in proc.stdout
 
 
+@pytest.mark.torch
+def test_each_preset_runs_once_per_model():
+    from benchmarks import compare
+    assert compare._parse([]).presets == ["lab4", "cpu", "bair"]
+    assert compare._parse(["--presets", "cpu", "cpu"]).presets == ["cpu"]
+    assert compare._parse(["--models", "svg"]).presets == ["bair", "cpu"]
+
+
 def test_peak_estimate():
     avx512 = {"model": "Intel(R) Xeon(R) Processor", "cores": 2, "ghz": 2.7,
               "flags": {"avx2", "fma", "avx512f", "hypervisor"}}
