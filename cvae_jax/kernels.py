@@ -95,9 +95,10 @@ def _conv_valid_fwd(x, kernel):
 
 
 def _conv_valid_bwd(res, g):
-    """dK as one GEMM of the im2col patches (kh * kw * Cin wide: cheap only for narrow
-    inputs) with the output gradient; dx as XLA's full convolution with the flipped kernel
-    (dead code, removed by XLA, when the input is data)."""
+    """dK as one GEMM of the im2col patches (kh * kw * Cin wide, a row per output pixel:
+    cheap for narrow inputs, or tiny outputs such as SVG's 4x4 convolution of a 4x4 map,
+    whose patches are the input itself) with the output gradient; dx as XLA's full
+    convolution with the flipped kernel (dead code, removed by XLA, when the input is data)."""
     x, kernel = res
     kh, kw, cin, cout = kernel.shape
     xi, gi = _as_images(x), _as_images(g)
