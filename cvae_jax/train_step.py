@@ -69,6 +69,14 @@ def at_precision(graphdef, params, batch_stats, inputs, cfg: Config):
     return nnx.merge(graphdef, cast_floats(params, dtype), batch_stats), cast_floats(inputs, dtype)
 
 
+def jit(fun, cfg: Config, **kwargs):
+    """`jax.jit` with the model family's XLA compiler options when compiling for CPU."""
+    options = models.family(cfg.model).XLA_CPU_OPTIONS
+    if options and jax.default_backend() == "cpu":
+        kwargs["compiler_options"] = options
+    return jax.jit(fun, **kwargs)
+
+
 def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
     """A jitted `step(state, batch, sched, epoch_key, step_key)`; donation lets XLA update
     the state in place. `batch` is the model family's tuple of arrays."""
@@ -107,7 +115,7 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
                        teacher=jnp.mean(teacher))
         return TrainState(params, batch_stats, opt_state, state.step + 1), metrics
 
-    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    return jit(train_step, cfg, donate_argnums=(0,) if donate else ())
 
 
 def make_predict(graphdef, cfg: Config, **options):
@@ -120,7 +128,7 @@ def make_predict(graphdef, cfg: Config, **options):
         model, batch = at_precision(graphdef, params, batch_stats, batch, cfg)
         return fam.predict_batch(model, batch, key, cfg, **options).astype(jnp.float32)
 
-    return jax.jit(predict)
+    return jit(predict, cfg)
 
 
 def make_generate(graphdef, cfg: Config):
@@ -131,4 +139,4 @@ def make_generate(graphdef, cfg: Config):
         return lab4.generate(model, first_frame, poses, key, bn_mode=cfg.bn_mode,
                              z_mode=cfg.z_mode).astype(jnp.float32)
 
-    return jax.jit(gen)
+    return jit(gen, cfg)

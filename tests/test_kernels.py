@@ -36,6 +36,7 @@ def value_and_grads(conv, x, k, probe):
 
 CASES = {"dense": (kernels.conv3x3, xla_dense, (5, 7, 4), (3, 3, 4, 6)),
          "dense_narrowing": (kernels.conv3x3, xla_dense, (5, 7, 6), (3, 3, 6, 4)),  # g shifted
+         "dense_conv_grad": (lambda x, k: kernels.conv3x3(x, k, "conv"), xla_dense, (5, 7, 4), (3, 3, 4, 6)),
          "depthwise": (kernels.depthwise3x3, xla_depthwise, (6, 5, 4), (3, 3, 4)),
          "valid": (kernels.conv_valid, xla_valid, (9, 11, 3), (7, 5, 3, 4))}  # non-square kernel
 
@@ -61,3 +62,13 @@ def test_kernel_orientation_is_not_symmetric(rng):
     x = jnp.asarray(rng.normal(size=(1, 5, 5, 2)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 3, 2, 2)), jnp.float32)
     assert not np.allclose(kernels.conv3x3(x, k), kernels.conv3x3(x, jnp.flip(k, (0, 1))), atol=1e-3)
+
+
+def test_conv_filter_grad_inside_cond_matches_xla(rng):
+    """The convolution filter gradient is for programs whose gradients sit in a `lax.cond`
+    branch (the training step's): same values there as XLA's gradient at the top level."""
+    x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    grad = lambda conv: jax.grad(lambda k: jnp.sum(jnp.sin(conv(x, k))))
+    in_cond = jax.jit(lambda p: lax.cond(p, grad(lambda x, k: kernels.conv3x3(x, k, "conv")), jnp.zeros_like, k))
+    np.testing.assert_allclose(in_cond(True), grad(xla_dense)(k), rtol=1e-4, atol=1e-5)

@@ -1,5 +1,7 @@
 """SVG model: reference parameter counts, shapes, the rollout's rules, KL, BatchNorm."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,3 +211,22 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(rng):
         losses_seen.append(float(m["mse"]))
     assert np.isfinite(losses_seen).all()
     assert losses_seen[-1] < losses_seen[0]
+
+
+def ynn_convolutions(compiled_text: str) -> int:
+    """Convolutions XLA CPU hands to YNNPACK: fused computations of `__ynn_fusion`s."""
+    bodies = dict(re.findall(r"^%(fused_computation\S*) (.*?)^}", compiled_text, re.M | re.S))
+    callers = re.findall(r'calls=%(fused_computation[^,\s]*),.*"kind":"__ynn_fusion"', compiled_text)
+    return sum(" convolution(" in bodies[name] for name in callers)
+
+
+def test_svg_compiles_its_convolutions_for_eigen_on_cpu(rng):
+    """`svg.XLA_CPU_OPTIONS` reaches the compiler: the prediction program hands YNNPACK
+    only the convolutions it fuses with a max-pool, XLA's defaults hand it every one."""
+    cfg = tiny_cfg()
+    graphdef, state = init_state(cfg, jax.random.key(0))
+    lowered = make_predict(graphdef, cfg).lower(state.params, state.batch_stats, clip(rng), jax.random.key(0))
+    xla_default = ",".join(f"LIBRARY_FUSION_TYPE_{t}" for t in ("INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION", "REDUCE"))
+    ours = lowered.compile().as_text()
+    default = lowered.compile({"xla_cpu_experimental_ynn_fusion_type": xla_default}).as_text()
+    assert ynn_convolutions(ours) < ynn_convolutions(default) / 2
