@@ -48,6 +48,13 @@ def _shifted(x):
     return [[xp[:, i:i + h, j:j + w, :] for j in range(3)] for i in range(3)]
 
 
+def _reflected(windows):
+    """The grid of windows point-reflected through its centre: entry (i, j) is the window
+    shifted by (1 - i, 1 - j), which is what the filter gradient pairs with an unshifted
+    operand when it shifts the output gradient instead of the input."""
+    return [row[::-1] for row in windows[::-1]]
+
+
 def _filter_grad(x, g):
     """dK[i, j] = sum over pixels p of x[p + (i, j) - 1] outer g[p]: nine GEMMs contracting
     over every pixel. The shifted windows are copies, so they are taken of whichever of x
@@ -58,9 +65,8 @@ def _filter_grad(x, g):
     if x.shape[-1] <= g.shape[-1]:
         return jnp.stack([jnp.stack([lax.dot_general(flat(w), flat(g), contract) for w in row])
                           for row in _shifted(x)])
-    windows = _shifted(g)
-    return jnp.stack([jnp.stack([lax.dot_general(flat(x), flat(windows[2 - i][2 - j]), contract)
-                                 for j in range(3)]) for i in range(3)])
+    return jnp.stack([jnp.stack([lax.dot_general(flat(x), flat(w), contract) for w in row])
+                      for row in _reflected(_shifted(g))])
 
 
 def _filter_grad_conv(x, g):
@@ -159,9 +165,8 @@ def _depthwise_bwd(res, g):
     x, kernel = res
     xi, gi = _as_images(x), _as_images(g)
     dx = _depthwise(gi, jnp.flip(kernel, (0, 1))).reshape(x.shape)
-    windows = _shifted(gi)
-    dk = jnp.stack([jnp.stack([jnp.sum(xi * windows[2 - i][2 - j], axis=(0, 1, 2)) for j in range(3)])
-                    for i in range(3)])
+    dk = jnp.stack([jnp.stack([jnp.sum(xi * w, axis=(0, 1, 2)) for w in row])
+                    for row in _reflected(_shifted(gi))])
     return dx, dk
 
 
