@@ -11,9 +11,9 @@ depthwise convolution written as nine shifted multiply-adds, autodiff keeps the 
 shifted copies of the input alive for the backward pass; here the backward is another
 fused shifted multiply-add and nine reductions.
 
-With XLA's Eigen convolutions (SVG compiles with them, see `models.svg.XLA_CPU_OPTIONS`)
-the dense filter gradient is instead one convolution in XLA's canonical layout
-(`filter_grad="conv"`): 1.4-3x faster than the GEMMs on SVG's layers. XLA rewrites its
+With XLA's Eigen convolutions (every CPU program compiles with them, `XLA_CPU_OPTIONS`)
+the dense filter gradient of a batched call is instead one convolution in XLA's canonical
+layout (`filter_grad="conv"`): 1.4-3x faster than the GEMMs on SVG's layers. XLA rewrites its
 own filter gradient to that layout only at the top level of a program; inside a
 `lax.cond` branch, where the training step computes its gradients, it runs the
 uncanonical convolution ~100x slower (measured: 878 ms against 7 ms).
@@ -31,6 +31,18 @@ import jax.numpy as jnp
 from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+
+# XLA CPU hands dots, convolutions and reductions to YNNPACK by default (its help text says
+# the default list is empty; the compiled HLO says otherwise). Eigen's convolutions run
+# VGG64's layers ~2x faster (a 64-channel 64x64 3x3 convolution at 216 against 107
+# GFLOP/s, 512 channels at 8x8 at 343 against 228), and with the filter gradient as one
+# Eigen convolution on batched calls (`filter_grad="auto"`) Lab4's reference-dims step
+# gains 3-4 % and its 630-frame generation 8 %. So every program compiled for CPU
+# (`train_step.jit`) keeps YNNPACK for dots and reductions only (it still takes a
+# convolution it can fuse with a max-pool before it). Leaving out REDUCE made the SVG
+# step 21 s instead of 13.8 s; the option wants the enum names in full.
+XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def _as_images(x):
@@ -76,7 +88,13 @@ def _filter_grad_conv(x, g):
     return _dense(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3)).transpose(1, 2, 0, 3)
 
 
-FILTER_GRADS = {"gemm": _filter_grad, "conv": _filter_grad_conv}
+def _filter_grad_auto(x, g):
+    """The convolution for batches of 8 or more images, the GEMMs for fewer (measured on
+    Lab4's per-step calls of 2 images, where the convolution's N-channel input is too thin)."""
+    return (_filter_grad_conv if x.shape[0] >= 8 else _filter_grad)(x, g)
+
+
+FILTER_GRADS = {"gemm": _filter_grad, "conv": _filter_grad_conv, "auto": _filter_grad_auto}
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -99,6 +117,27 @@ def _conv3x3_bwd(filter_grad, res, g):
 
 
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def conv3x3_taps(x, kernel):
+    """Dense 3x3 'same' convolution for outputs much narrower than the input (Lab4's
+    posterior narrows 160 -> 3 channels): one GEMM gives each pixel's nine tap outputs,
+    x @ K as (Cin, 9 * Cout), and nine shifted adds of that narrow map sum them. XLA CPU's
+    convolution and nine-GEMM filter gradient both run such a layer at ~15 GFLOP/s, as
+    the GEMM's free dimension is only Cout; here every GEMM has 9 * Cout or Cin there.
+    Plain jnp: autodiff's backward is shifted copies of the (narrow) output gradient and
+    two GEMMs."""
+    cin, cout = kernel.shape[2:]
+    h, w = x.shape[-3:-1]
+    taps = (x @ kernel.transpose(2, 0, 1, 3).reshape(cin, 9 * cout)).reshape(x.shape[:-1] + (9, cout))
+    pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0), (0, 0)]
+    tp = jnp.pad(taps, pad)
+    out = None
+    for i in range(3):
+        for j in range(3):
+            term = tp[..., i:i + h, j:j + w, 3 * i + j, :]
+            out = term if out is None else out + term
+    return out
 
 
 def _valid(x, k):

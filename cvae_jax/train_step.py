@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cvae_jax import models
+from cvae_jax import kernels, models
 from cvae_jax.config import Config
 from cvae_jax.models import lab4
 from cvae_jax.rollout import teacher_forcing_mask
@@ -69,11 +69,10 @@ def at_precision(graphdef, params, batch_stats, inputs, cfg: Config):
     return nnx.merge(graphdef, cast_floats(params, dtype), batch_stats), cast_floats(inputs, dtype)
 
 
-def jit(fun, cfg: Config, **kwargs):
-    """`jax.jit` with the model family's XLA compiler options when compiling for CPU."""
-    options = models.family(cfg.model).XLA_CPU_OPTIONS
-    if options and jax.default_backend() == "cpu":
-        kwargs["compiler_options"] = options
+def jit(fun, **kwargs):
+    """`jax.jit` with `kernels.XLA_CPU_OPTIONS` (Eigen convolutions) when compiling for CPU."""
+    if jax.default_backend() == "cpu":
+        kwargs["compiler_options"] = kernels.XLA_CPU_OPTIONS
     return jax.jit(fun, **kwargs)
 
 
@@ -115,7 +114,7 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
                        teacher=jnp.mean(teacher))
         return TrainState(params, batch_stats, opt_state, state.step + 1), metrics
 
-    return jit(train_step, cfg, donate_argnums=(0,) if donate else ())
+    return jit(train_step, donate_argnums=(0,) if donate else ())
 
 
 def make_predict(graphdef, cfg: Config, **options):
@@ -128,7 +127,7 @@ def make_predict(graphdef, cfg: Config, **options):
         model, batch = at_precision(graphdef, params, batch_stats, batch, cfg)
         return fam.predict_batch(model, batch, key, cfg, **options).astype(jnp.float32)
 
-    return jit(predict, cfg)
+    return jit(predict)
 
 
 def make_generate(graphdef, cfg: Config):
@@ -139,4 +138,4 @@ def make_generate(graphdef, cfg: Config):
         return lab4.generate(model, first_frame, poses, key, bn_mode=cfg.bn_mode,
                              z_mode=cfg.z_mode).astype(jnp.float32)
 
-    return jit(gen, cfg)
+    return jit(gen)

@@ -37,6 +37,7 @@ def value_and_grads(conv, x, k, probe):
 CASES = {"dense": (kernels.conv3x3, xla_dense, (5, 7, 4), (3, 3, 4, 6)),
          "dense_narrowing": (kernels.conv3x3, xla_dense, (5, 7, 6), (3, 3, 6, 4)),  # g shifted
          "dense_conv_grad": (lambda x, k: kernels.conv3x3(x, k, "conv"), xla_dense, (5, 7, 4), (3, 3, 4, 6)),
+         "dense_taps": (kernels.conv3x3_taps, xla_dense, (5, 7, 20), (3, 3, 20, 2)),  # 9 * 2 <= 20
          "depthwise": (kernels.depthwise3x3, xla_depthwise, (6, 5, 4), (3, 3, 4)),
          "valid": (kernels.conv_valid, xla_valid, (9, 11, 3), (7, 5, 3, 4))}  # non-square kernel
 
@@ -72,3 +73,16 @@ def test_conv_filter_grad_inside_cond_matches_xla(rng):
     grad = lambda conv: jax.grad(lambda k: jnp.sum(jnp.sin(conv(x, k))))
     in_cond = jax.jit(lambda p: lax.cond(p, grad(lambda x, k: kernels.conv3x3(x, k, "conv")), jnp.zeros_like, k))
     np.testing.assert_allclose(in_cond(True), grad(xla_dense)(k), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("images,convs,dots", [(2, 2, 9), (8, 3, 0)])
+def test_auto_filter_grad_is_a_convolution_from_eight_images(rng, images, convs, dots):
+    """`filter_grad="auto"` (the Conv layer's default): nine GEMMs for a per-step call of a few
+    images, one convolution for a batched call; both equal XLA's gradient."""
+    x = jnp.asarray(rng.normal(size=(images, 6, 5, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    grad = lambda conv: jax.grad(lambda k: jnp.sum(jnp.sin(conv(x, k))))
+    ours = grad(lambda x, k: kernels.conv3x3(x, k, "auto"))
+    text = str(jax.make_jaxpr(ours)(k))
+    assert (text.count("conv_general_dilated["), text.count("dot_general[")) == (convs, dots)
+    np.testing.assert_allclose(ours(k), grad(xla_dense)(k), rtol=1e-4, atol=1e-5)

@@ -221,7 +221,7 @@ def ynn_convolutions(compiled_text: str) -> int:
 
 
 def test_svg_compiles_its_convolutions_for_eigen_on_cpu(rng):
-    """`svg.XLA_CPU_OPTIONS` reaches the compiler: the prediction program hands YNNPACK
+    """`kernels.XLA_CPU_OPTIONS` reach the compiler: the prediction program hands YNNPACK
     only the convolutions it fuses with a max-pool, XLA's defaults hand it every one."""
     cfg = tiny_cfg()
     graphdef, state = init_state(cfg, jax.random.key(0))

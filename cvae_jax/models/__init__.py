@@ -3,8 +3,7 @@
 A family module provides `build(cfg, key)`, `teacher_steps(cfg, batch)`,
 `objective(model, batch, teacher, key, beta, cfg) -> (loss, metrics, moments)` (teacher
 None: every step teacher-forced, which a family computes without the per-step chain),
-`fold_batch_stats(model, moments, batch)`, `predict_batch(model, batch, key, cfg, ...)` and
-`XLA_CPU_OPTIONS` (compiler options for its programs on CPU); the
+`fold_batch_stats(model, moments, batch)` and `predict_batch(model, batch, key, cfg, ...)`; the
 training step, training loop, checkpointing and evaluation only talk to that interface.
 """
 

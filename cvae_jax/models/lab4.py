@@ -25,10 +25,6 @@ from cvae_jax import losses
 from cvae_jax.layers import Conv, DepthConvBlock, FrameBatchNorm, ResidualBlock, reparameterize
 from cvae_jax.rollout import rollout, time_major
 
-# XLA CPU's defaults (YNNPACK dots and convolutions): Eigen's convolutions, faster for SVG
-# (see `svg.XLA_CPU_OPTIONS`), made the Lab4 reference-dims step slower (4.6 -> 5.0 s).
-XLA_CPU_OPTIONS: dict = {}
-
 TORCH_PREFIXES = {
     "frame_encoder": "frame_transformation",
     "pose_encoder": "label_transformation",

@@ -42,14 +42,6 @@ from cvae_jax.rollout import rollout, time_major
 
 COND_DIM = 7  # action (4) + end-effector position (3)
 
-# XLA CPU hands dots, convolutions and reductions to YNNPACK by default; Eigen's
-# convolutions run VGG64's layers ~2x faster (measured: a 64-channel 64x64 3x3 convolution
-# at 216 against 107 GFLOP/s, 512 channels at 8x8 at 343 against 228), so SVG's programs
-# keep YNNPACK for dots and reductions only (it still takes a convolution it can fuse with
-# the max-pool before it). The reference-dims teacher-forced training step: 16.0 -> 13.8 s,
-# and 11.1 s with the filter gradient as an Eigen convolution (`vgg64.FILTER_GRAD`).
-XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
-
 
 class SVG(nnx.Module):
     def __init__(self, g_dim: int = 128, z_dim: int = 64, rnn_size: int = 256, *,
