@@ -343,11 +343,10 @@ def test_teacher_forced_path_equals_general_rollout(lab4_setup):
     np.testing.assert_allclose(l1, l0, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves((g1, mom1)), jax.tree_util.tree_leaves((g0, mom0))):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
-    key = jax.random.key(3)
-    fast = lab4.teacher_forced_rollout(model, frames, poses, key)
-    for mask, same in ((jnp.ones((LT - 1, LB)), True), (jnp.zeros((LT - 1, LB)), False)):
-        general = lab4.training_rollout(model, frames, poses, mask, key)
-        assert np.allclose(fast.preds, general.preds, rtol=1e-5, atol=1e-6) == same
+    # the comparison can tell the paths apart (the free-running run is the same program)
+    g_free = loss_and_grads(params, jnp.zeros((LT - 1, LB), jnp.float32))[1]
+    assert not all(np.allclose(a, b, rtol=2e-4, atol=1e-6)
+                   for a, b in zip(jax.tree_util.tree_leaves(g_free), jax.tree_util.tree_leaves(g1)))
 
 
 def preset_cfg():
