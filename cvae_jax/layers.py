@@ -45,7 +45,8 @@ def _torch_uniform(key, shape, fan_in):
 
 class Conv(nnx.Module):
     """Dense 2-D convolution with zero padding; 1x1 stride-1 becomes a matmul, 3x3 'same'
-    goes through `kernels.conv3x3` and wider unpadded kernels through `kernels.conv_valid`."""
+    goes through `kernels.conv3x3` (`kernels.conv3x3_taps` when 9 x Cout <= Cin) and wider
+    unpadded kernels through `kernels.conv_valid`."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
                  padding: int = 0, init_std: float | None = None, filter_grad: str = "auto",
@@ -70,7 +71,7 @@ class Conv(nnx.Module):
         if k.shape[:2] == (1, 1) and self.stride == 1:
             return x @ k[0, 0] + self.bias[...]
         if k.shape[:2] == (3, 3) and self.stride == 1 and self.padding == 1:
-            if 9 * k.shape[3] <= k.shape[2]:  # much narrower output (Lab4 160 -> 3, SVG 64 -> 3)
+            if 9 * k.shape[3] <= k.shape[2]:  # Lab4's 160 -> 3, SVG's 64 -> 3
                 return kernels.conv3x3_taps(x, k) + self.bias[...]
             return kernels.conv3x3(x, k, self.filter_grad) + self.bias[...]
         if k.shape[0] > 3 and self.stride == 1 and self.padding == 0:
