@@ -49,16 +49,11 @@ class Conv(nnx.Module):
     unpadded kernels through `kernels.conv_valid`."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
-                 padding: int = 0, init_std: float | None = None, filter_grad: str = "auto",
-                 rngs: nnx.Rngs):
-        """init_std=None: PyTorch's default init; a number: N(0, init_std), zero bias.
-        filter_grad: how a 3x3 'same' convolution's filter gradient is computed
-        (`kernels.FILTER_GRADS`)."""
-        if filter_grad not in kernels.FILTER_GRADS:
-            raise ValueError(f"filter_grad must be one of {list(kernels.FILTER_GRADS)}, got {filter_grad!r}")
+                 padding: int = 0, init_std: float | None = None, rngs: nnx.Rngs):
+        """init_std=None: PyTorch's default init; a number: N(0, init_std), zero bias."""
         fan_in = in_ch * kernel * kernel
         shape = (kernel, kernel, in_ch, out_ch)
-        self.stride, self.padding, self.filter_grad = stride, padding, filter_grad
+        self.stride, self.padding = stride, padding
         if init_std is None:
             self.kernel = nnx.Param(_torch_uniform(rngs.params(), shape, fan_in))
             self.bias = nnx.Param(_torch_uniform(rngs.params(), (out_ch,), fan_in))
@@ -73,7 +68,7 @@ class Conv(nnx.Module):
         if k.shape[:2] == (3, 3) and self.stride == 1 and self.padding == 1:
             if 9 * k.shape[3] <= k.shape[2]:  # Lab4's 160 -> 3, SVG's 64 -> 3
                 return kernels.conv3x3_taps(x, k) + self.bias[...]
-            return kernels.conv3x3(x, k, self.filter_grad) + self.bias[...]
+            return kernels.conv3x3(x, k) + self.bias[...]
         if k.shape[0] > 3 and self.stride == 1 and self.padding == 0:
             return kernels.conv_valid(x, k) + self.bias[...]
         lead = x.shape[:-3]

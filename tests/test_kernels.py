@@ -34,8 +34,8 @@ def value_and_grads(conv, x, k, probe):
     return jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k)) * probe), argnums=(0, 1))(x, k)
 
 
-CASES = {"dense": (kernels.conv3x3, xla_dense, (5, 7, 4), (3, 3, 4, 6)),
-         "dense_narrowing": (kernels.conv3x3, xla_dense, (5, 7, 6), (3, 3, 6, 4)),  # g shifted
+CASES = {"dense": (lambda x, k: kernels.conv3x3(x, k, "gemm"), xla_dense, (5, 7, 4), (3, 3, 4, 6)),
+         "dense_narrowing": (lambda x, k: kernels.conv3x3(x, k, "gemm"), xla_dense, (5, 7, 6), (3, 3, 6, 4)),  # g shifted
          "dense_conv_grad": (lambda x, k: kernels.conv3x3(x, k, "conv"), xla_dense, (5, 7, 4), (3, 3, 4, 6)),
          "dense_taps": (kernels.conv3x3_taps, xla_dense, (5, 7, 20), (3, 3, 20, 2)),  # 9 * 2 <= 20
          "depthwise": (kernels.depthwise3x3, xla_depthwise, (6, 5, 4), (3, 3, 4)),
@@ -77,7 +77,7 @@ def test_conv_filter_grad_inside_cond_matches_xla(rng):
 
 @pytest.mark.parametrize("images,convs,dots", [(2, 2, 9), (8, 3, 0)])
 def test_auto_filter_grad_is_a_convolution_from_eight_images(rng, images, convs, dots):
-    """`filter_grad="auto"` (the Conv layer's default): nine GEMMs for a per-step call of a few
+    """`filter_grad="auto"` (what the layers use): nine GEMMs for a per-step call of a few
     images, one convolution for a batched call; both equal XLA's gradient."""
     x = jnp.asarray(rng.normal(size=(images, 6, 5, 3)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
