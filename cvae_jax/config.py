@@ -11,6 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
+from cvae_jax.kernels import CONV_IMPLS
 from cvae_jax.schedules import KL_ANNEAL_TYPES, LR_SCHEDULES
 
 TF_MODES = ("epoch", "batch", "clip", "frame", "blend")
@@ -106,6 +107,7 @@ class Config:
     # also compile the all-teacher-forced program (faster TF steps; twice the compile time)
     tf_fast_path: bool = True
     precision: str = "fp32"  # bf16: bfloat16 compute, float32 parameters, optimizer and loss
+    conv_impl: str = "auto"  # custom: cvae_jax/kernels.py; xla: XLA's own; auto: custom on CPU only
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -129,7 +131,7 @@ class Config:
         choices = {"tf_mode": TF_MODES, "lr_schedule": LR_SCHEDULES, "bn_mode": BN_MODES,
                    "z_mode": Z_MODES, "kl_anneal_per": ("epoch", "step"), "model": MODELS,
                    "data": DATA_SOURCES + (None,), "camera": CAMERAS, "prior": PRIORS,
-                   "precision": PRECISIONS}
+                   "precision": PRECISIONS, "conv_impl": CONV_IMPLS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")

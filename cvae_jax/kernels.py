@@ -24,6 +24,8 @@ values and gradients); only the order of floating-point sums differs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from functools import partial
 
 import jax
@@ -43,6 +45,32 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # step 21 s instead of 13.8 s; the option wants the enum names in full.
 XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+# Which convolutions the layers trace: "custom" (the functions below), "xla" (plain
+# `lax.conv_general_dilated`, autodiff's gradients: cuDNN's on GPU) or "auto" (custom on
+# CPU only: they were written against XLA CPU's weaknesses). A context variable read at
+# trace time, set by `train_step.jit` from `--conv_impl`, so layers need no config.
+CONV_IMPLS = ("auto", "custom", "xla")
+_conv_impl = contextvars.ContextVar("conv_impl", default="auto")
+
+
+@contextlib.contextmanager
+def conv_impl(name: str):
+    """Trace the layers' convolutions with implementation `name` (one of CONV_IMPLS)."""
+    if name not in CONV_IMPLS:
+        raise ValueError(f"--conv_impl must be one of {list(CONV_IMPLS)}, got {name!r}")
+    token = _conv_impl.set(name)
+    try:
+        yield
+    finally:
+        _conv_impl.reset(token)
+
+
+def use_custom() -> bool:
+    """Whether the convolution being traced takes this file's kernels."""
+    name = _conv_impl.get()
+    return jax.default_backend() == "cpu" if name == "auto" else name == "custom"
 
 
 def _as_images(x):

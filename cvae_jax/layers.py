@@ -3,6 +3,7 @@
 Convolutions are written for XLA's CPU backend: 1x1 convolutions are matmuls, the
 depthwise 3x3 convolution is nine shifted multiply-adds (XLA's grouped convolution is
 ~30x slower on CPU), and 3x3 convolutions get hand-written gradients (cvae_jax/kernels.py).
+Elsewhere (`--conv_impl auto` on GPU/TPU, or `xla`) they are XLA's own convolutions.
 Parameters use PyTorch's default initialisation (kaiming-uniform a=sqrt(5) ==
 U(+-1/sqrt(fan_in)) for weights and biases) so a fresh model starts where the reference
 starts.
@@ -65,17 +66,16 @@ class Conv(nnx.Module):
         k = self.kernel[...]
         if k.shape[:2] == (1, 1) and self.stride == 1:
             return x @ k[0, 0] + self.bias[...]
-        if k.shape[:2] == (3, 3) and self.stride == 1 and self.padding == 1:
-            if 9 * k.shape[3] <= k.shape[2]:  # Lab4's 160 -> 3, SVG's 64 -> 3
-                return kernels.conv3x3_taps(x, k) + self.bias[...]
-            return kernels.conv3x3(x, k) + self.bias[...]
-        if k.shape[0] > 3 and self.stride == 1 and self.padding == 0:
-            return kernels.conv_valid(x, k) + self.bias[...]
-        lead = x.shape[:-3]
-        y = jax.lax.conv_general_dilated(
-            x.reshape((-1,) + x.shape[-3:]), k, (self.stride, self.stride),
-            [(self.padding, self.padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return (y + self.bias[...]).reshape(lead + y.shape[1:])
+        return self._conv(x, k) + self.bias[...]
+
+    def _conv(self, x, k):
+        custom = kernels.use_custom() and self.stride == 1
+        if custom and k.shape[:2] == (3, 3) and self.padding == 1:
+            # much narrower outputs (Lab4's 160 -> 3, SVG's 64 -> 3) as one GEMM to the taps
+            return (kernels.conv3x3_taps if 9 * k.shape[3] <= k.shape[2] else kernels.conv3x3)(x, k)
+        if custom and k.shape[0] > 3 and self.padding == 0:
+            return kernels.conv_valid(x, k)
+        return xla_conv(x, k, self.stride, self.padding)
 
 
 class DepthwiseConv3x3(nnx.Module):
@@ -86,7 +86,18 @@ class DepthwiseConv3x3(nnx.Module):
         self.bias = nnx.Param(_torch_uniform(rngs.params(), (ch,), 9))
 
     def __call__(self, x):
-        return kernels.depthwise3x3(x, self.kernel[...]) + self.bias[...]
+        k = self.kernel[...]
+        if kernels.use_custom():
+            return kernels.depthwise3x3(x, k) + self.bias[...]
+        return xla_conv(x, k[:, :, None, :], 1, 1, groups=k.shape[-1]) + self.bias[...]
+
+
+def xla_conv(x, k, stride: int, padding: int, groups: int = 1):
+    """`lax.conv_general_dilated` on (..., H, W, C) inputs with any leading dims."""
+    y = jax.lax.conv_general_dilated(
+        x.reshape((-1,) + x.shape[-3:]), k, (stride, stride), [(padding, padding)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    return y.reshape(x.shape[:-3] + y.shape[1:])
 
 
 def leaky_relu(x, slope=DEFAULT_SLOPE):

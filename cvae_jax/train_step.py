@@ -9,6 +9,7 @@ the model family named by `cfg.model` (see `cvae_jax.models`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -69,11 +70,17 @@ def at_precision(graphdef, params, batch_stats, inputs, cfg: Config):
     return nnx.merge(graphdef, cast_floats(params, dtype), batch_stats), cast_floats(inputs, dtype)
 
 
-def jit(fun, **kwargs):
-    """`jax.jit` with `kernels.XLA_CPU_OPTIONS` (Eigen convolutions) when compiling for CPU."""
+def jit(fun, cfg: Config, **kwargs):
+    """`jax.jit` tracing `fun` with `--conv_impl`'s convolutions, compiled with
+    `kernels.XLA_CPU_OPTIONS` (Eigen convolutions) when compiling for CPU."""
     if jax.default_backend() == "cpu":
         kwargs["compiler_options"] = kernels.XLA_CPU_OPTIONS
-    return jax.jit(fun, **kwargs)
+
+    @functools.wraps(fun)
+    def traced(*args):
+        with kernels.conv_impl(cfg.conv_impl):
+            return fun(*args)
+    return jax.jit(traced, **kwargs)
 
 
 def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
@@ -114,7 +121,7 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
                        teacher=jnp.mean(teacher))
         return TrainState(params, batch_stats, opt_state, state.step + 1), metrics
 
-    return jit(train_step, donate_argnums=(0,) if donate else ())
+    return jit(train_step, cfg, donate_argnums=(0,) if donate else ())
 
 
 def make_predict(graphdef, cfg: Config, **options):
@@ -127,7 +134,7 @@ def make_predict(graphdef, cfg: Config, **options):
         model, batch = at_precision(graphdef, params, batch_stats, batch, cfg)
         return fam.predict_batch(model, batch, key, cfg, **options).astype(jnp.float32)
 
-    return jit(predict)
+    return jit(predict, cfg)
 
 
 def make_generate(graphdef, cfg: Config):
@@ -138,4 +145,4 @@ def make_generate(graphdef, cfg: Config):
         return lab4.generate(model, first_frame, poses, key, bn_mode=cfg.bn_mode,
                              z_mode=cfg.z_mode).astype(jnp.float32)
 
-    return jit(gen)
+    return jit(gen, cfg)

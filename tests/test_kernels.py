@@ -86,3 +86,46 @@ def test_auto_filter_grad_is_a_convolution_from_eight_images(rng, images, convs,
     text = str(jax.make_jaxpr(ours)(k))
     assert (text.count("conv_general_dilated["), text.count("dot_general[")) == (convs, dots)
     np.testing.assert_allclose(ours(k), grad(xla_dense)(k), rtol=1e-4, atol=1e-5)
+
+
+LAYERS = {"taps": (20, 2, 3, 1), "dense": (4, 6, 3, 1), "valid": (3, 4, 7, 0), "strided": (4, 6, 4, 1)}
+
+
+@pytest.mark.parametrize("impl", ["custom", "xla", "auto"])
+@pytest.mark.parametrize("layer", sorted(LAYERS) + ["depthwise"])
+def test_conv_impl_switch_picks_kernels_and_keeps_values(rng, layer, impl):
+    """`--conv_impl`: layers traced under "xla" are one XLA convolution each, under
+    "custom" (and "auto" on this CPU) the hand-written kernel, with the same values and
+    gradients. Strided convolutions have no kernel of their own."""
+    from flax import nnx
+
+    from cvae_jax.layers import Conv, DepthwiseConv3x3
+    if layer == "depthwise":
+        module, image = DepthwiseConv3x3(4, rngs=nnx.Rngs(0)), (6, 5, 4)
+    else:
+        cin, cout, size, pad = LAYERS[layer]
+        module = Conv(cin, cout, size, stride=2 if layer == "strided" else 1, padding=pad, rngs=nnx.Rngs(0))
+        image = (9, 11, cin)
+    graphdef, params = nnx.split(module)
+    x = jnp.asarray(rng.normal(size=(2,) + image), jnp.float32)
+
+    def loss(params, x):
+        return jnp.sum(jnp.sin(nnx.merge(graphdef, params)(x)))
+
+    def traced(impl):
+        with kernels.conv_impl(impl):
+            forward = str(jax.make_jaxpr(lambda x: nnx.merge(graphdef, params)(x))(x))
+            return jax.value_and_grad(loss, argnums=(0, 1))(params, x), forward
+    (v, (dp, dx)), forward = traced(impl)
+    (v_ref, (dp_ref, dx_ref)), xla_forward = traced("xla")
+    assert xla_forward.count("conv_general_dilated[") == 1 and "custom_vjp_call" not in xla_forward
+    assert (forward == xla_forward) == (impl == "xla" or layer == "strided")
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), dp, dp_ref)
+
+
+def test_conv_impl_rejects_unknown_names():
+    with pytest.raises(ValueError, match="--conv_impl must be one of"):
+        with kernels.conv_impl("cudnn"):
+            pass

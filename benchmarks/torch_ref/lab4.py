@@ -233,7 +233,7 @@ def generate(model: VAE_Model, first_frame: Tensor, poses: Tensor,
     batch, length, _, h, w = poses.shape
     frames = [first_frame]
     for t in range(1, length):
-        z_t = torch.randn(batch, model.N_dim, h, w) if z is None else z[t - 1]
+        z_t = torch.randn(batch, model.N_dim, h, w, device=first_frame.device) if z is None else z[t - 1]
         prev_feat = model.frame_transformation(frames[-1])
         pose_feat = model.label_transformation(poses[:, t])
         frames.append(model.decode(prev_feat, pose_feat, z_t))

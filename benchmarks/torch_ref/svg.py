@@ -89,7 +89,7 @@ class _LSTMStack(nn.Module):
         self.hidden: list[tuple[Tensor, Tensor]] = []
 
     def init_hidden(self, batch_size: int) -> None:
-        zeros = torch.zeros(batch_size, self.hidden_size)
+        zeros = torch.zeros(batch_size, self.hidden_size, device=self.embed.weight.device)
         self.hidden = [(zeros, zeros) for _ in range(self.n_layers)]
 
     def _run(self, x: Tensor) -> Tensor:
@@ -235,7 +235,7 @@ def predict(model: SVG, context: Tensor, cond: Tensor, n_future: int,
             model.frame_predictor(torch.cat([h, z_t, cond[:, t]], 1))
             x_in = context[:, t]
         else:
-            z_t = torch.randn(batch, model.z_dim) if noise is None else noise
+            z_t = torch.randn(batch, model.z_dim, device=context.device) if noise is None else noise
             x_in = model.decoder(model.frame_predictor(torch.cat([h, z_t, cond[:, t]], 1)), skip)
             out.append(x_in)
     model.train(was_training)
