@@ -75,12 +75,14 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--time_up_to", type=int, default=10**9,
                    help="longer clips are compiled for their memory plan but not run")
+    p.add_argument("--remat", nargs="+", choices=["off", "on"], default=["off", "on"],
+                   help="which rows to measure (default both)")
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args(argv)
     rows = []
     print(f"{'clip':>5} {'remat':>6} {'peak MiB':>9} {'temp MiB':>9} {'step s':>7} {'compile s':>9}")
     for clip in args.clips:
-        for remat in (False, True):
+        for remat in [mode == "on" for mode in args.remat]:
             row = measure(args.preset, clip, remat, args.tfr, args.repeats, run=clip <= args.time_up_to)
             rows.append(row)
             print(f"{clip:5d} {str(remat):>6} {row['peak_mib']:9.1f} {row['temp_mib']:9.1f} "

@@ -71,3 +71,26 @@ def test_peak_estimate():
     assert _timing.detect_peak(zen4)[0] == pytest.approx(_timing.NOMINAL_PEAK_GFLOPS)
     assert _timing.detect_peak({**zen4, "flags": {"avx2", "fma"}})[0] == pytest.approx(_timing.NOMINAL_PEAK_GFLOPS)
     assert _timing.detect_peak({**zen4, "ghz": None})[0] is None
+
+
+@pytest.mark.torch
+def test_gpu_benchmark_generation_quick(tmp_path):
+    """benchmarks/gpu.py (run on any backend with --quick): the batched and the single
+    generation rows, each with both frameworks, per-sequence seconds and consistent rates."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--quick", "--skip", "train", "--precisions",
+                           "fp32", "--gen_batch", "3", "--repeats", "1", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["errors"] == {} and result["skipped"] == []
+    rows = {r["batch"]: r for r in result["workloads"]}
+    assert set(rows) == {3, 1}
+    for batch, r in rows.items():
+        frames = r["frames"]
+        assert r["jax_s"] > 0 and r["torch_s"] > 0 and r["flop"] > 0
+        assert r["jax_s_per_sequence"] == pytest.approx(r["jax_s"] / batch)
+        assert r["jax_frames_per_s"] == pytest.approx(batch * (frames - 1) / r["jax_s"])
+        assert r["torch_tflops"] == pytest.approx(r["flop"] / r["torch_s"] / 1e12)
+    assert rows[3]["flop"] == pytest.approx(3 * rows[1]["flop"])  # the count scales with the batch
+    assert "generate 4f" in proc.stdout

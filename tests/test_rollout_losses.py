@@ -369,3 +369,24 @@ def test_tf_fast_path_flag_decides_the_program(fast):
     text = make_train_step(graphdef, cfg).lower(state, batch, sched, jax.random.key(1),
                                                 jax.random.key(2)).as_text()
     assert ("stablehlo.case" in text) == fast
+
+
+@pytest.mark.parametrize("teacher", [None, [[1, 0], [0, 1], [0, 0], [1, 1]]], ids=["forced", "mixed"])
+def test_lab4_remat_keeps_loss_gradients_and_moments(lab4_setup, lab4_loss_and_grads, teacher):
+    """--remat (the encoders step by step, each step recomputed in the backward pass)
+    changes no number of the objective."""
+    model, frames, poses = lab4_setup
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    loss_and_grads, params = lab4_loss_and_grads
+    teacher = None if teacher is None else jnp.asarray(teacher, jnp.float32)
+    cfg = preset_cfg().replace(remat=True)
+
+    def loss(params):
+        out = lab4.objective(nnx.merge(graphdef, params, rest), (frames, poses), teacher, jax.random.key(3), 0.3, cfg)
+        return out[0], out
+    (l1, (_, _, mom1)), g1 = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    (l0, (_, _, mom0)), g0 = loss_and_grads(params, teacher)
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves((g1, mom1)), jax.tree_util.tree_leaves((g0, mom0))):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
