@@ -72,6 +72,12 @@ def _plan_bytes(compiled) -> int | None:
         return None
 
 
+def _torch_model(cfg, params=None):
+    """The PyTorch reference of `cfg`'s dims, with cvae-jax's weights when given."""
+    model = tlab4.build(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, cfg.output_sigmoid, **JAX_WIDTHS)
+    return model if params is None else tlab4.load_jax_params(model, params)
+
+
 def _median_s(fn: Callable[[], Any], repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -147,13 +153,11 @@ def train_rows(batch: int, precision: str, conv_impl: str, run: Run, repeats: in
     print(f"  compiled in {compile_s:.1f} s", file=sys.stderr, flush=True)
     side = TorchSide(torch_device, precision) if torch_device else None
     if side:
-        tmodel = tlab4.build(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, cfg.output_sigmoid, **JAX_WIDTHS)
-        tlab4.load_jax_params(tmodel, state.params)
-        tmodel.to(side.device)
+        tmodel = _torch_model(cfg, state.params).to(side.device)
         opt = tlab4.make_optimizer(tmodel, cfg.lr)
         tframes, tposes = side.tensor(frames), side.tensor(poses)
     # the reference algorithm's count, on a CPU copy at batch 1 (convolutions scale with the batch)
-    cmodel = tlab4.build(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, cfg.output_sigmoid, **JAX_WIDTHS)
+    cmodel = _torch_model(cfg)
     flop = batch * tm.torch_flops(lambda: tlab4.train_step(
         cmodel, tlab4.make_optimizer(cmodel), _nchw(frames[:1]), _nchw(poses[:1]), True, 1.0))
     rows = []
@@ -187,12 +191,10 @@ def generate_rows(batch: int, precision: str, conv_impl: str, run: Run, frames: 
     side = TorchSide(torch_device, precision) if torch_device else None
     tfn = None
     if side:
-        tmodel = tlab4.build(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, cfg.output_sigmoid, **JAX_WIDTHS)
-        tlab4.load_jax_params(tmodel, state.params)
-        tmodel.to(side.device)
+        tmodel = _torch_model(cfg, state.params).to(side.device)
         tfirst, tposes = side.tensor(first), side.tensor(poses)
         tfn = side.call(lambda: tlab4.generate(tmodel, tfirst, tposes))
-    cmodel = tlab4.build(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, cfg.output_sigmoid, **JAX_WIDTHS)
+    cmodel = _torch_model(cfg)
     flop = batch * tm.torch_flops(lambda: tlab4.generate(cmodel, _nchw(first[:1]), _nchw(poses[:1, :2]))) * (frames - 1)
     row = dict(workload=f"generate {frames}f", batch=batch, precision=precision, conv_impl=conv_impl, frames=frames,
                flop=flop, jax_compile_s=compile_s, jax_plan_bytes=_plan_bytes(compiled),
