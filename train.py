@@ -14,14 +14,16 @@ from cvae_jax.training import train_and_evaluate
 
 
 def main(argv=None):
-    args = train_parser().parse_args(argv)
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    cfg = None if args.resume else config_from_args(args, parser)  # bad flags fail here, first
     init_distributed(args)  # before anything touches a device
     enable_compilation_cache()
     try:
         if args.resume:
             run_dir = train_and_evaluate(resume=args.resume, num_epoch=getattr(args, "num_epoch", None))
         else:
-            run_dir = train_and_evaluate(config_from_args(args))
+            run_dir = train_and_evaluate(cfg)
         if is_main():
             print(compilation_cache_summary())
         return run_dir

@@ -121,7 +121,9 @@ def init_distributed(args: argparse.Namespace) -> bool:
                                   args.local_device_ids, args.distributed)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> Config:
+    """The run's Config: the preset, then the flags given. With `parser`, a value the
+    Config rejects ends the program as a usage error naming the flag (exit status 2)."""
     overrides = {k: v for k, v in vars(args).items()
                  if k in {f.name for f in dataclasses.fields(Config)} and k != "preset"}
     if "lr_milestones" in overrides:
@@ -130,7 +132,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         base = preset("cpu", overrides.get("model", "lab4"))
     else:
         base = preset(args.preset, overrides.get("model"))
-    return base.replace(**overrides).validated()
+    try:
+        return base.replace(**overrides).validated()
+    except ValueError as e:
+        if parser is None:
+            raise
+        parser.error(str(e))
 
 
 def evaluate_parser() -> argparse.ArgumentParser:

@@ -355,3 +355,19 @@ def test_cache_counts_are_per_run_and_counted_once(tmp_path, monkeypatch):
     finally:
         jax.config.update("jax_compilation_cache_dir", saved[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+
+
+@pytest.mark.parametrize("argv,message", [(["--precision", "fp16"], "--precision must be one of"),
+                                          (["--conv_impl", "cudnn"], "--conv_impl must be one of"),
+                                          (["--batch_size", "0"], "--batch_size must be positive")])
+def test_bad_config_flag_is_a_usage_error(capsys, argv, message):
+    """A value the Config rejects stops train.py before any work, as argparse's own errors
+    do: usage, the flag and what it expects, exit status 2, no traceback."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_entry", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"train.py: error: {message}" in err and "Traceback" not in err
