@@ -1,5 +1,5 @@
-"""Helpers of benchmarks/compare.py: machine facts, the fp32 peak, alternating timing, FLOP
-counts and the table.
+"""Helpers of the benchmarks: machine facts, the fp32 peak, alternating timing, FLOP
+counts, XLA's memory plan and compare.py's table.
 
 Why a separate file: compare.py keeps only what decides the workloads (models, shapes,
 which call is timed); everything here is framework- and model-agnostic.
@@ -75,10 +75,25 @@ def now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _timed(fn: Callable[[], Any]) -> float:
+def timed(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    return median([timed(fn) for _ in range(repeats)])
+
+
+def plan_bytes(compiled: Any) -> int | None:
+    """XLA's buffer plan of a compiled program: arguments + outputs + temporaries, less
+    what donation lets outputs share with arguments; None where the backend has none."""
+    try:
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                   - m.alias_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None
 
 
 def alternate(jax_fn: Callable[[], Any], torch_fn: Callable[[], Any], repeats: int,
@@ -91,8 +106,8 @@ def alternate(jax_fn: Callable[[], Any], torch_fn: Callable[[], Any], repeats: i
         torch_fn()
     jax_s, torch_s = [], []
     for _ in range(repeats):
-        jax_s.append(_timed(jax_fn))
-        torch_s.append(_timed(torch_fn))
+        jax_s.append(timed(jax_fn))
+        torch_s.append(timed(torch_fn))
     return jax_s, torch_s
 
 

@@ -63,28 +63,10 @@ class Run:
     dims: tuple = ()  # Config overrides, as (name, value) pairs
 
 
-def _plan_bytes(compiled) -> int | None:
-    try:
-        m = compiled.memory_analysis()
-        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                   - m.alias_size_in_bytes)
-    except Exception:  # not every backend reports it
-        return None
-
-
 def _torch_model(cfg, params=None):
     """The PyTorch reference of `cfg`'s dims, with cvae-jax's weights when given."""
     model = tlab4.build(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, cfg.output_sigmoid, **JAX_WIDTHS)
     return model if params is None else tlab4.load_jax_params(model, params)
-
-
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return tm.median(times)
 
 
 class TorchSide:
@@ -117,43 +99,54 @@ class TorchSide:
     def tensor(self, a: np.ndarray) -> torch.Tensor:
         return _nchw(a).to(self.device)
 
+    def model(self, cfg, params):
+        return _torch_model(cfg, params).to(self.device)
+
 
 def _timed_pair(jfn, tfn, repeats: int, torch_side: TorchSide | None) -> dict[str, Any]:
     """JAX then PyTorch, alternately, after one warm-up call each."""
     jfn()
     row: dict[str, Any] = {}
     if torch_side is None:
-        row["jax_s"] = _median_s(jfn, repeats)
+        row["jax_s"] = tm.median_time(jfn, repeats)
         return row
     torch_side.reset_peak()
     try:
         tfn()
     except torch.OutOfMemoryError as e:  # the reference's per-frame graph outgrows the device first
         torch_side.reset_peak()
-        return dict(jax_s=_median_s(jfn, repeats), torch_error=f"out of memory: {str(e).splitlines()[0]}")
+        return dict(jax_s=tm.median_time(jfn, repeats), torch_error=f"out of memory: {str(e).splitlines()[0]}")
     jax_all, torch_all = tm.alternate(jfn, tfn, repeats, warmup=0)
     row.update(jax_s=tm.median(jax_all), torch_s=tm.median(torch_all), torch_peak_bytes=torch_side.peak())
     row["ratio"] = row["jax_s"] / row["torch_s"]
     return row
 
 
+def _lab4_cfg(run: Run, **changes):
+    return preset("lab4", model="lab4").replace(frame_H=run.hw[0], frame_W=run.hw[1], **dict(run.dims), **changes)
+
+
+def _compile_logged(jitted, *args):
+    compiled, seconds = _compile(jitted, *args)
+    print(f"  compiled in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return compiled, seconds
+
+
 def train_rows(batch: int, precision: str, conv_impl: str, run: Run, repeats: int,
                torch_device: str | None, remat: bool, scan_unroll: int | None) -> list[dict[str, Any]]:
     (h, w), t = run.hw, run.clip
-    cfg = preset("lab4", model="lab4").replace(tf_mode="batch", batch_size=batch, train_vi_len=t, frame_H=h,
-                                               frame_W=w, precision=precision, conv_impl=conv_impl,
-                                               remat=remat, **dict(run.dims))
+    cfg = _lab4_cfg(run, tf_mode="batch", batch_size=batch, train_vi_len=t, precision=precision,
+                    conv_impl=conv_impl, remat=remat)
     cfg = cfg.replace(scan_unroll=scan_unroll) if scan_unroll else cfg
     graphdef, state = init_state(cfg, jax.random.key(0))
     rng = np.random.default_rng(0)
     frames, poses = _uniform(rng, batch, t, h, w, 3), _uniform(rng, batch, t, h, w, 3)
     jbatch, keys = (jnp.asarray(frames), jnp.asarray(poses)), (jax.random.key(1), jax.random.key(2))
     sched = {tfr: Schedule(jnp.float32(cfg.lr), jnp.float32(1.0), jnp.float32(tfr)) for tfr in (1.0, 0.0)}
-    compiled, compile_s = _compile(make_train_step(graphdef, cfg, donate=False), state, jbatch, sched[1.0], *keys)
-    print(f"  compiled in {compile_s:.1f} s", file=sys.stderr, flush=True)
+    compiled, compile_s = _compile_logged(make_train_step(graphdef, cfg, donate=False), state, jbatch, sched[1.0], *keys)
     side = TorchSide(torch_device, precision) if torch_device else None
     if side:
-        tmodel = _torch_model(cfg, state.params).to(side.device)
+        tmodel = side.model(cfg, state.params)
         opt = tlab4.make_optimizer(tmodel, cfg.lr)
         tframes, tposes = side.tensor(frames), side.tensor(poses)
     # the reference algorithm's count, on a CPU copy at batch 1 (convolutions scale with the batch)
@@ -168,8 +161,9 @@ def train_rows(batch: int, precision: str, conv_impl: str, run: Run, repeats: in
         tfn = side.call(lambda teacher=(tfr == 1.0): tlab4.train_step(
             tmodel, opt, tframes, tposes, teacher, 1.0, max_norm=cfg.grad_clip)) if side else None
         row = dict(workload=f"train {label}" + (" remat" if remat else ""), batch=batch, precision=precision,
-                   conv_impl=conv_impl, remat=remat, scan_unroll=1 if remat else cfg.scan_unroll, frames=t, flop=flop, jax_compile_s=compile_s if tfr == 1.0 else None,
-                   jax_plan_bytes=_plan_bytes(compiled), **_timed_pair(jrun, tfn, repeats, side))
+                   conv_impl=conv_impl, remat=remat, scan_unroll=1 if remat else cfg.scan_unroll,  # see rollout
+                   frames=t, flop=flop, jax_compile_s=compile_s if tfr == 1.0 else None,
+                   jax_plan_bytes=tm.plan_bytes(compiled), **_timed_pair(jrun, tfn, repeats, side))
         rows.append(_rates(row, batch * (t - 1)))
         state = holder[0]
     return rows
@@ -178,26 +172,24 @@ def train_rows(batch: int, precision: str, conv_impl: str, run: Run, repeats: in
 def generate_rows(batch: int, precision: str, conv_impl: str, run: Run, frames: int, repeats: int,
                   torch_device: str | None) -> list[dict[str, Any]]:
     h, w = run.hw
-    cfg = preset("lab4", model="lab4").replace(frame_H=h, frame_W=w, precision=precision, conv_impl=conv_impl,
-                                               **dict(run.dims))
+    cfg = _lab4_cfg(run, precision=precision, conv_impl=conv_impl)
     graphdef, state = init_state(cfg, jax.random.key(0))
     rng = np.random.default_rng(0)
     first, poses = _uniform(rng, batch, h, w, 3), _uniform(rng, batch, frames, h, w, 3)
     args = (state.params, state.batch_stats, jnp.asarray(first), jnp.asarray(poses), jax.random.key(1))
-    compiled, compile_s = _compile(make_generate(graphdef, cfg), *args)
-    print(f"  compiled in {compile_s:.1f} s", file=sys.stderr, flush=True)
+    compiled, compile_s = _compile_logged(make_generate(graphdef, cfg), *args)
     jfn = lambda: jax.block_until_ready(compiled(*args))  # noqa: E731
     assert np.isfinite(np.asarray(jfn())).all()
     side = TorchSide(torch_device, precision) if torch_device else None
     tfn = None
     if side:
-        tmodel = _torch_model(cfg, state.params).to(side.device)
+        tmodel = side.model(cfg, state.params)
         tfirst, tposes = side.tensor(first), side.tensor(poses)
         tfn = side.call(lambda: tlab4.generate(tmodel, tfirst, tposes))
     cmodel = _torch_model(cfg)
     flop = batch * tm.torch_flops(lambda: tlab4.generate(cmodel, _nchw(first[:1]), _nchw(poses[:1, :2]))) * (frames - 1)
     row = dict(workload=f"generate {frames}f", batch=batch, precision=precision, conv_impl=conv_impl, frames=frames,
-               flop=flop, jax_compile_s=compile_s, jax_plan_bytes=_plan_bytes(compiled),
+               flop=flop, jax_compile_s=compile_s, jax_plan_bytes=tm.plan_bytes(compiled),
                **_timed_pair(jfn, tfn, repeats, side))
     row["jax_s_per_sequence"] = row["jax_s"] / batch
     if "torch_s" in row:

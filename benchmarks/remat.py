@@ -27,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import _timing as tm  # noqa: E402
 from cvae_jax.config import preset  # noqa: E402
 from cvae_jax.train_step import Schedule, init_state, make_train_step  # noqa: E402
 
@@ -50,7 +51,7 @@ def measure(name: str, clip: int, remat: bool, tfr: float, repeats: int, run: bo
     compiled = make_train_step(graphdef, cfg, donate=False).lower(state, batch, sched, *keys).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
-    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+    peak = tm.plan_bytes(compiled)
     times = []
     if not run or peak > 0.8 * available_bytes():
         repeats = 0  # would swap or be killed, or asked for the plan only
