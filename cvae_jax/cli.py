@@ -26,6 +26,9 @@ FLAG_HELP = {
     "smooth_weight": "weight of the temporal-difference MSE term",
     "steps_per_epoch": "cap on batches per epoch (default: one pass over the clips)",
     "scan_unroll": "rollout steps per loop iteration in training (XLA CPU is faster unrolled)",
+    "batched_wgrad": "lab4 training: the 1x1 layers' weight gradients as one GEMM over all "
+                     "steps, not one per step (CPU kernels only; not under --remat; costs a copy "
+                     "of their inputs and output gradients)",
     "conv_impl": "convolutions: custom (cvae_jax/kernels.py, fast on XLA CPU), xla, or auto (custom on CPU only)",
     "per_save": "checkpoint every N epochs", "keep_last": "checkpoints kept besides the best",
     "model": "lab4 (pose-conditioned CVAE) or svg (action-conditioned SVG on BAIR)",

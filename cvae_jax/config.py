@@ -104,6 +104,7 @@ class Config:
     # execution
     scan_unroll: int = 16  # training rollout steps per loop iteration (see rollout.py)
     remat: bool = False  # rematerialise each scanned step in the backward pass (memory)
+    batched_wgrad: bool = True  # 1x1 weight gradients as one GEMM over the scan (cvae_jax/deferred.py)
     # also compile the all-teacher-forced program (faster TF steps; twice the compile time)
     tf_fast_path: bool = True
     precision: str = "fp32"  # bf16: bfloat16 compute, float32 parameters, optimizer and loss

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cvae_jax import kernels
+from cvae_jax import deferred, kernels
 
 DEFAULT_SLOPE = 0.01  # PyTorch's LeakyReLU default, used by every reference block
 FFN_SLOPE = 0.1  # hard-coded in the reference ConvFFN (its `slope` argument is ignored)
@@ -65,6 +65,8 @@ class Conv(nnx.Module):
     def __call__(self, x):
         k = self.kernel[...]
         if k.shape[:2] == (1, 1) and self.stride == 1:
+            if deferred.active():  # inside a training scan: weight gradients over all steps at once
+                return deferred.dense(x, k, self.bias[...])
             return x @ k[0, 0] + self.bias[...]
         return self._conv(x, k) + self.bias[...]
 

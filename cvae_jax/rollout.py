@@ -14,11 +14,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from cvae_jax import deferred
+
 Step = Callable[[Any, jax.Array, jax.Array, Any, jax.Array], tuple[Any, jax.Array, Any]]
 
 
 def rollout(step: Step, first_frame, per_step, key, *, true_prev=None, teacher=None,
-            state=None, remat: bool = False, unroll: int = 1):
+            state=None, remat: bool = False, unroll: int = 1, batched_wgrad: bool = False):
     """Roll `step` over the leading (time) axis of `per_step`.
 
     first_frame: (B, H, W, C), the given frame that seeds the prediction chain.
@@ -52,7 +54,8 @@ def rollout(step: Step, first_frame, per_step, key, *, true_prev=None, teacher=N
         state, pred, aux = body_step(state, prev, weight, inputs_t, key_t)
         return (state, pred), (pred, aux)
 
-    (state, _), (preds, aux) = jax.lax.scan(
+    scan = deferred.scan if batched_wgrad and not remat else jax.lax.scan
+    (state, _), (preds, aux) = scan(
         body, (state, first_frame), (per_step, keys, teacher, true_prev), unroll=unroll)
     return state, preds, aux
 

@@ -371,15 +371,18 @@ def test_tf_fast_path_flag_decides_the_program(fast):
     assert ("stablehlo.case" in text) == fast
 
 
+@pytest.mark.parametrize("option", [dict(remat=True), dict(batched_wgrad=False)], ids=["remat", "per_step_wgrad"])
 @pytest.mark.parametrize("teacher", [None, [[1, 0], [0, 1], [0, 0], [1, 1]]], ids=["forced", "mixed"])
-def test_lab4_remat_keeps_loss_gradients_and_moments(lab4_setup, lab4_loss_and_grads, teacher):
-    """--remat (the encoders step by step, each step recomputed in the backward pass)
-    changes no number of the objective."""
+def test_lab4_execution_options_keep_loss_gradients_and_moments(lab4_setup, lab4_loss_and_grads,
+                                                                 teacher, option):
+    """--remat (the encoders step by step, each step recomputed in the backward pass) and
+    --no-batched_wgrad (each step's 1x1 weight gradients on their own) change no number
+    of the objective."""
     model, frames, poses = lab4_setup
     graphdef, _, rest = nnx.split(model, nnx.Param, ...)
     loss_and_grads, params = lab4_loss_and_grads
     teacher = None if teacher is None else jnp.asarray(teacher, jnp.float32)
-    cfg = preset_cfg().replace(remat=True)
+    cfg = preset_cfg().replace(**option)
 
     def loss(params):
         out = lab4.objective(nnx.merge(graphdef, params, rest), (frames, poses), teacher, jax.random.key(3), 0.3, cfg)
@@ -389,4 +392,3 @@ def test_lab4_remat_keeps_loss_gradients_and_moments(lab4_setup, lab4_loss_and_g
     np.testing.assert_allclose(l1, l0, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves((g1, mom1)), jax.tree_util.tree_leaves((g0, mom0))):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
-

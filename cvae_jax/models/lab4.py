@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cvae_jax import losses
+from cvae_jax import deferred, losses
 from cvae_jax.layers import Conv, DepthConvBlock, FrameBatchNorm, ResidualBlock, reparameterize
 from cvae_jax.rollout import rollout, time_major
 
@@ -134,7 +134,7 @@ def encode_steps(model: Lab4CVAE, frames, poses, remat: bool):
 
 
 def training_rollout(model: Lab4CVAE, frames, poses, teacher, key, *, remat=False,
-                     unroll=1) -> Lab4Terms:
+                     unroll=1, batched_wgrad=False) -> Lab4Terms:
     """Posterior rollout of a clip: frames/poses (B, T, H, W, 3), teacher (T-1, B).
 
     Everything that does not depend on a previous prediction (the encodings of every
@@ -151,11 +151,12 @@ def training_rollout(model: Lab4CVAE, frames, poses, teacher, key, *, remat=Fals
         return state, model.decode(model.encode_frame(prev_frame), x.pose_feat, z), None
 
     _, preds, _ = rollout(step, frames[0], inputs, key, true_prev=frames[:-1], teacher=teacher,
-                          remat=remat, unroll=unroll)
+                          remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
     return Lab4Terms(preds, frames[1:], mu, logvar, moments)
 
 
-def teacher_forced_rollout(model: Lab4CVAE, frames, poses, key, *, remat=False, unroll=1) -> Lab4Terms:
+def teacher_forced_rollout(model: Lab4CVAE, frames, poses, key, *, remat=False, unroll=1,
+                           batched_wgrad=False) -> Lab4Terms:
     """`training_rollout` with every step teacher-forced, where no step depends on another.
 
     Each frame is encoded once (the reference encodes x_{t-1} and x_t at every step) and
@@ -174,8 +175,9 @@ def teacher_forced_rollout(model: Lab4CVAE, frames, poses, key, *, remat=False, 
         return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t))
 
     decode_step = jax.checkpoint(step) if remat else step  # as in `rollout`: remat needs a rolled loop
-    _, preds = jax.lax.scan(decode_step, None, (feat[:-1], pose_feat, mu, logvar, keys),
-                            unroll=1 if remat else unroll)
+    scan = deferred.scan if batched_wgrad and not remat else jax.lax.scan
+    _, preds = scan(decode_step, None, (feat[:-1], pose_feat, mu, logvar, keys),
+                    unroll=1 if remat else unroll)
     return Lab4Terms(preds, frames[1:], mu, logvar, moments)
 
 
@@ -219,7 +221,7 @@ def objective(model: Lab4CVAE, batch, teacher, key, beta, cfg):
 
     teacher: (T-1, B) weights, or None when every step is teacher-forced (a faster program)."""
     frames, poses = batch
-    kw = dict(remat=cfg.remat, unroll=cfg.scan_unroll)
+    kw = dict(remat=cfg.remat, unroll=cfg.scan_unroll, batched_wgrad=cfg.batched_wgrad)
     if teacher is None:  # the caller knows every step is teacher-forced
         terms = teacher_forced_rollout(model, frames, poses, key, **kw)
     else:
