@@ -30,9 +30,7 @@ def rollout(step: Step, first_frame, per_step, key, *, true_prev=None, teacher=N
     unroll: steps per loop iteration. XLA's CPU backend runs the backward pass of
     convolutions inside a while loop ~8x slower than straight-line code, so training
     unrolls short clips; generation (forward only) keeps the compact loop.
-    remat: rematerialise each step in the backward pass. It implies unroll=1: in
-    straight-line code XLA merges the recomputation with the forward pass again
-    (measured: no memory saved at unroll 16).
+    remat, batched_wgrad: execution options, see `scan_steps`.
     Returns (final state, predictions (T, B, H, W, C), stacked aux).
     """
     n_steps = jax.tree_util.tree_leaves(per_step)[0].shape[0]
@@ -40,8 +38,6 @@ def rollout(step: Step, first_frame, per_step, key, *, true_prev=None, teacher=N
     if teacher is None:
         teacher = jnp.zeros((n_steps, batch), first_frame.dtype)
     keys = jax.random.split(key, n_steps)
-    body_step = jax.checkpoint(step) if remat else step
-    unroll = 1 if remat else unroll
 
     def body(carry, xs):
         state, prev_pred = carry
@@ -51,13 +47,28 @@ def rollout(step: Step, first_frame, per_step, key, *, true_prev=None, teacher=N
         else:
             w = weight.reshape(weight.shape + (1,) * (prev_pred.ndim - 1)).astype(prev_pred.dtype)
             prev = w * prev_true + (1 - w) * prev_pred
-        state, pred, aux = body_step(state, prev, weight, inputs_t, key_t)
+        state, pred, aux = step(state, prev, weight, inputs_t, key_t)
         return (state, pred), (pred, aux)
 
-    scan = deferred.scan if batched_wgrad and not remat else jax.lax.scan
-    (state, _), (preds, aux) = scan(
-        body, (state, first_frame), (per_step, keys, teacher, true_prev), unroll=unroll)
+    (state, _), (preds, aux) = scan_steps(
+        body, (state, first_frame), (per_step, keys, teacher, true_prev),
+        remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
     return state, preds, aux
+
+
+def scan_steps(body, init, xs, *, remat: bool = False, unroll: int = 1,
+               batched_wgrad: bool = False):
+    """`lax.scan(body, init, xs)` under the training execution options, decided here once.
+
+    remat checkpoints the body and forces unroll=1 (in straight-line code XLA merges the
+    recomputation with the forward pass again: no memory saved at unroll 16); it also
+    turns off `batched_wgrad`, whose per-step stacks would defeat the memory bound.
+    batched_wgrad: `deferred.scan`, the 1x1 weight gradients as one GEMM over all steps.
+    """
+    if remat:
+        return jax.lax.scan(jax.checkpoint(body), init, xs, unroll=1)
+    scan = deferred.scan if batched_wgrad else jax.lax.scan
+    return scan(body, init, xs, unroll=unroll)
 
 
 def teacher_forcing_mask(mode: str, ratio, epoch_key, step_key, n_steps: int, batch: int):

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cvae_jax import deferred, losses
+from cvae_jax import losses
 from cvae_jax.layers import Conv, DepthConvBlock, FrameBatchNorm, ResidualBlock, reparameterize
-from cvae_jax.rollout import rollout, time_major
+from cvae_jax.rollout import rollout, scan_steps, time_major
 
 TORCH_PREFIXES = {
     "frame_encoder": "frame_transformation",
@@ -174,10 +174,8 @@ def teacher_forced_rollout(model: Lab4CVAE, frames, poses, key, *, remat=False, 
         prev_feat, pose_t, mu_t, logvar_t, key_t = x
         return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t))
 
-    decode_step = jax.checkpoint(step) if remat else step  # as in `rollout`: remat needs a rolled loop
-    scan = deferred.scan if batched_wgrad and not remat else jax.lax.scan
-    _, preds = scan(decode_step, None, (feat[:-1], pose_feat, mu, logvar, keys),
-                    unroll=1 if remat else unroll)
+    _, preds = scan_steps(step, None, (feat[:-1], pose_feat, mu, logvar, keys),
+                          remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
     return Lab4Terms(preds, frames[1:], mu, logvar, moments)
 
 

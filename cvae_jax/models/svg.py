@@ -38,7 +38,7 @@ from cvae_jax import losses
 from cvae_jax.layers import reparameterize
 from cvae_jax.models.lstm import LSTM, GaussianLSTM
 from cvae_jax.models.vgg64 import VGGDecoder, VGGEncoder
-from cvae_jax.rollout import rollout, time_major
+from cvae_jax.rollout import rollout, scan_steps, time_major
 
 COND_DIM = 7  # action (4) + end-effector position (3)
 
@@ -176,10 +176,9 @@ def teacher_forced_rollout(model: SVG, frames, cond, key, *, n_past: int, last_f
         states, g, moments, pred_m = _latent_and_predict(model, states, h_prev, x, key_t, True, "sample")
         return states, (g, moments, pred_m)
 
-    step = jax.checkpoint(step) if remat else step
     states = _initial_carry(model, frames[0])[:3]
-    _, (g, moments, pred_m) = jax.lax.scan(step, states, (h[:-1], inputs, jax.random.split(key, n_steps)),
-                                           unroll=1 if remat else unroll)
+    _, (g, moments, pred_m) = scan_steps(step, states, (h[:-1], inputs, jax.random.split(key, n_steps)),
+                                         remat=remat, unroll=unroll)
     preds, dec_m = model.decoder(g, step_skips, True)
     prev_m = [(m[:-1], v[:-1]) for m, v in enc_m]
     target_m = [(m[1:], v[1:]) for m, v in enc_m]
