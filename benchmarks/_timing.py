@@ -63,12 +63,17 @@ def is_nominal_machine(info: dict[str, Any]) -> bool:
 
 
 def versions() -> dict[str, str]:
+    """Library versions; torch's only where it is installed (ab.py runs without it)."""
     import flax
     import jax
     import jaxlib
-    import torch
-    return {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "flax": flax.__version__, "torch": torch.__version__}
+    found = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+             "flax": flax.__version__}
+    try:
+        import torch
+    except ImportError:
+        return found
+    return dict(found, torch=torch.__version__)
 
 
 def now() -> str:
