@@ -84,12 +84,13 @@ def _batch(cfg: Config) -> tuple[jax.Array, ...]:
             jnp.asarray(rng.uniform(size=(cfg.batch_size, t, 7)), jnp.float32))
 
 
-def measure(base: Config, variants: list[str], tfrs: list[float], repeats: int) -> list[dict[str, Any]]:
+def measure(base: Config, variants: dict[str, dict[str, Any]], tfrs: list[float],
+            repeats: int) -> list[dict[str, Any]]:
     """One row per (tfr, variant): the seconds of every call, median, min, ratio to the first."""
     keys = (jax.random.key(1), jax.random.key(2))
     steps = {}
-    for v in variants:
-        cfg = base.replace(**parse_variant(v)).validated()
+    for v, changes in variants.items():
+        cfg = base.replace(**changes).validated()
         graphdef, state = init_state(cfg, jax.random.key(0))
         batch = _batch(cfg)
         sched = Schedule(jnp.float32(cfg.lr), jnp.float32(1.0), jnp.float32(1.0))
@@ -109,7 +110,7 @@ def measure(base: Config, variants: list[str], tfrs: list[float], repeats: int) 
         for _ in range(repeats):
             for v in variants:
                 times[v].append(tm.timed(calls[v]))
-        first = tm.median(times[variants[0]])
+        first = tm.median(times[next(iter(variants))])
         for v in variants:
             compiled, _, _, compile_s = steps[v]
             rows.append(dict(variant=v, tfr=tfr, median_s=tm.median(times[v]), min_s=min(times[v]),
@@ -143,16 +144,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     a = p.parse_args(argv)
     if len(set(a.variant)) != len(a.variant):
         p.error(f"--variant values must differ, got {a.variant}")
-    for v in a.variant:
-        try:
-            parse_variant(v)
-        except ValueError as e:
-            p.error(str(e))
+    try:
+        variants = {v: parse_variant(v) for v in a.variant}
+    except ValueError as e:
+        p.error(str(e))
     base = base_config(a.model, a.preset or {"lab4": "lab4", "svg": "bair"}[a.model], a.batch, a.clip)
-    rows = measure(base, a.variant, a.tfr, a.repeats)
+    rows = measure(base, variants, a.tfr, a.repeats)
     info = tm.cpu_info()
-    meta = dict(date=tm.now(), cpu={k: info[k] for k in ('model', 'cores', 'ghz')}, versions=tm.versions(), model=a.model,
-                preset=a.preset, repeats=a.repeats, backend=jax.default_backend())
+    meta = dict(date=tm.now(), cpu={k: info[k] for k in ("model", "cores", "ghz")}, versions=tm.versions(),
+                model=a.model, preset=a.preset, repeats=a.repeats, backend=jax.default_backend())
     print(f"{meta['date']}, {meta['cpu'].get('model')}, jax {meta['versions'].get('jax')}, "
           f"{a.repeats} alternating calls each")
     print(table(rows))

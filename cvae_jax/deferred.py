@@ -52,11 +52,6 @@ class _Pass:
         self.calls, self.tags, self.used = ([] if calls is None else calls), tags, 0
 
 
-def active() -> bool:
-    """Whether the layer call being traced is inside a deferring `scan`."""
-    return _pass.get() is not None
-
-
 @contextlib.contextmanager
 def _tracing(p: _Pass):
     token = _pass.set(p)
@@ -66,17 +61,27 @@ def _tracing(p: _Pass):
         _pass.reset(token)
 
 
+def _affine(x, kernel, bias):
+    return x @ kernel[0, 0] + bias
+
+
+def _different_calls() -> RuntimeError:
+    return RuntimeError("deferred.scan: the step's second trace made different layer calls")
+
+
 def dense(x, kernel, bias):
-    """x @ kernel[0, 0] + bias for a 1x1 layer inside a deferring `scan`."""
+    """A 1x1 stride-1 convolution, x @ kernel[0, 0] + bias: every `Conv` of that shape
+    comes here, so that inside a deferring `scan` it is recorded, then tagged."""
     p = _pass.get()
-    if p.tags is None:
-        y = x @ kernel[0, 0] + bias
-        p.calls.append(_Call(kernel, bias, jax.ShapeDtypeStruct(x.shape, x.dtype),
-                             jax.ShapeDtypeStruct(y.shape, y.dtype)))
+    if p is None or p.tags is None:
+        y = _affine(x, kernel, bias)
+        if p is not None:
+            p.calls.append(_Call(kernel, bias, jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                 jax.ShapeDtypeStruct(y.shape, y.dtype)))
         return y
     call = p.calls[p.used] if p.used < len(p.calls) else None
     if call is None or call.kernel is not kernel or call.bias is not bias or call.x.shape != x.shape:
-        raise RuntimeError("deferred.scan: the step's second trace made different layer calls")
+        raise _different_calls()
     tag = p.tags[p.used]
     p.used += 1
     return _tagged(x, lax.stop_gradient(kernel), lax.stop_gradient(bias), tag)
@@ -102,7 +107,7 @@ def scan(f: Callable, init, xs, *, unroll: int = 1):
         with _tracing(p):
             out = f(carry, x)
         if p.used != len(tags_t):
-            raise RuntimeError("deferred.scan: the step's second trace made different layer calls")
+            raise _different_calls()
         return out
 
     return lax.scan(body, init, (xs, tags), unroll=unroll)
@@ -110,7 +115,7 @@ def scan(f: Callable, init, xs, *, unroll: int = 1):
 
 @jax.custom_vjp
 def _tagged(x, kernel, bias, tag):
-    return x @ kernel[0, 0] + bias
+    return _affine(x, kernel, bias)
 
 
 def _tagged_fwd(x, kernel, bias, tag):

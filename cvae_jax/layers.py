@@ -64,10 +64,8 @@ class Conv(nnx.Module):
 
     def __call__(self, x):
         k = self.kernel[...]
-        if k.shape[:2] == (1, 1) and self.stride == 1:
-            if deferred.active():  # inside a training scan: weight gradients over all steps at once
-                return deferred.dense(x, k, self.bias[...])
-            return x @ k[0, 0] + self.bias[...]
+        if k.shape[:2] == (1, 1) and self.stride == 1:  # a matmul; see deferred.dense
+            return deferred.dense(x, k, self.bias[...])
         return self._conv(x, k) + self.bias[...]
 
     def _conv(self, x, k):
