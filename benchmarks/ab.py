@@ -7,11 +7,13 @@ called in turn (A, B, C, A, B, C, ...), so drift hits all of them alike; each is
 with its ratio to the first variant, its XLA buffer plan and its compile time.
 
 A variant is comma-separated `field=value` pairs of `cvae_jax.config.Config` (the flag
-names of train.py, without dashes); "" is the preset unchanged.
+names of train.py, without dashes) or of XLA's compiler options (names starting `xla_`,
+added to the training step's own for this variant's compile); "" is the preset unchanged.
 
     python benchmarks/ab.py --variant "" --variant batched_wgrad=false
     python benchmarks/ab.py --preset cpu --tfr 0 --variant scan_unroll=16 --variant scan_unroll=4,remat=true
     python benchmarks/ab.py --model svg --preset cpu --variant "" --variant conv_impl=xla
+    python benchmarks/ab.py --variant "" --variant xla_backend_optimization_level=1
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 def parse_variant(text: str) -> dict[str, Any]:
     """'batched_wgrad=false,scan_unroll=4' -> {'batched_wgrad': False, 'scan_unroll': 4}, each
-    value converted to the type of the field's default."""
+    value converted to the type of the field's default; an XLA option keeps its text (XLA
+    parses it, and names the option when it cannot)."""
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
     changes: dict[str, Any] = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
         name, sep, raw = pair.partition("=")
         if not sep:
             raise ValueError(f"--variant {text!r}: expected field=value, got {pair!r}")
+        if name.startswith("xla_"):
+            changes[name] = raw
+            continue
         if name not in defaults:
             raise ValueError(f"--variant {text!r}: Config has no field {name!r}")
         default = defaults[name]
@@ -90,12 +96,14 @@ def measure(base: Config, variants: dict[str, dict[str, Any]], tfrs: list[float]
     keys = (jax.random.key(1), jax.random.key(2))
     steps = {}
     for v, changes in variants.items():
-        cfg = base.replace(**changes).validated()
+        options = {k: x for k, x in changes.items() if k.startswith("xla_")}
+        cfg = base.replace(**{k: x for k, x in changes.items() if k not in options}).validated()
         graphdef, state = init_state(cfg, jax.random.key(0))
         batch = _batch(cfg)
         sched = Schedule(jnp.float32(cfg.lr), jnp.float32(1.0), jnp.float32(1.0))
         start = time.perf_counter()
-        compiled = make_train_step(graphdef, cfg, donate=False).lower(state, batch, sched, *keys).compile()
+        lowered = make_train_step(graphdef, cfg, donate=False).lower(state, batch, sched, *keys)
+        compiled = lowered.compile(options or None)
         t = time.perf_counter() - start
         steps[v] = (compiled, state, batch, t)
         print(f"compiled {v or '(preset)'} in {t:.1f} s", flush=True)

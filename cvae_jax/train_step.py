@@ -72,7 +72,7 @@ def at_precision(graphdef, params, batch_stats, inputs, cfg: Config):
 
 def jit(fun, cfg: Config, **kwargs):
     """`jax.jit` tracing `fun` with `--conv_impl`'s convolutions, compiled with
-    `kernels.XLA_CPU_OPTIONS` (Eigen convolutions) when compiling for CPU."""
+    `kernels.XLA_CPU_OPTIONS` (Eigen convolutions, LLVM level 1) when compiling for CPU."""
     if jax.default_backend() == "cpu":
         kwargs["compiler_options"] = kernels.XLA_CPU_OPTIONS
 

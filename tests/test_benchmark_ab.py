@@ -15,6 +15,9 @@ def test_variants_become_typed_config_changes():
     assert type(changes["scan_unroll"]) is int and type(changes["lr"]) is float
     assert ab.parse_variant("") == {}
     assert ab.parse_variant("run_name=None") == {"run_name": None}
+    # XLA compiler options pass through as text, beside Config fields
+    assert ab.parse_variant("xla_backend_optimization_level=1,remat=false") == {
+        "xla_backend_optimization_level": "1", "remat": False}
     cfg = ab.base_config("lab4", "cpu", None, None).replace(**ab.parse_variant("tf_fast_path=0"))
     assert cfg.tf_fast_path is False and (cfg.batch_size, cfg.train_vi_len, cfg.frame_H) == (2, 16, 32)
 

@@ -4,8 +4,8 @@ train the same model as one process over two devices, and only process 0 writes 
 Both runs are `python train.py` subprocesses on a toy lab4 config; the three processes
 start together so their compilations share the cores instead of queueing. Process 1
 always compiles (JAX writes the persistent cache from process 0 only, and on CPU the cache
-key differs per process), so the runs use XLA's quickest CPU backend setting: the same in
-both runs, so the comparison holds.
+key differs per process); both runs compile with the suite's XLA flags (conftest.py),
+so the comparison holds.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from conftest import ROOT
 from test_training import leaves, records, restored, subprocess_env
 
 TIMEOUT = 300  # seconds for all runs; a hung rendezvous fails the test instead of the session
-XLA_FAST = "--xla_backend_optimization_level=0"  # compiles in a third of the time
 
 # One epoch of two steps on a toy model (8 frames = 4 clips of 2 = 2 batches); batch 2 =
 # one clip per device; teacher forcing drawn per frame, so the step keys matter.
@@ -43,7 +42,7 @@ def start(workdir, name: str, save_root: str, devices: int, launch=()):
     """`python train.py` into workdir/<save_root>/ (a run folder named by its start time),
     output into workdir/<name>.out and .err."""
     cfg_flags = FLAGS + ["--cache_dir", str(workdir / "cache"), "--save_root", str(workdir / save_root)]
-    env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {XLA_FAST}")
+    env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     out, err = open(workdir / f"{name}.out", "w"), open(workdir / f"{name}.err", "w")
     with out, err:
         return subprocess.Popen([sys.executable, "train.py", *cfg_flags, *launch], cwd=ROOT, env=env,

@@ -83,10 +83,13 @@ print("DEVICES", jax.device_count())
 
 
 def subprocess_env(**extra):
-    """This environment (so the XLA cache is shared), the repo importable, and train.py's
-    own cache root pointed at the session's instead of ~/.cache."""
+    """This environment (so the XLA cache and XLA flags are shared), the repo importable, and
+    train.py's own cache root pointed at the session's instead of ~/.cache. An XLA_FLAGS in
+    `extra` adds to this process's flags rather than replacing them."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.setdefault("CVAE_JAX_CACHE", str(CACHE_ROOT))
+    if "XLA_FLAGS" in extra:
+        extra["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
     env.update(extra)
     return env
 
