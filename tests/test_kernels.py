@@ -54,6 +54,7 @@ def test_kernel_matches_xla(rng, case, lead):
     np.testing.assert_allclose(ours(x, k), want, rtol=1e-5, atol=1e-5)
     (v0, (dx0, dk0)), (v1, (dx1, dk1)) = (value_and_grads(f, x, k, probe) for f in (xla, ours))
     np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    # atol as for dk: near-zero sums of O(1) terms keep ~5e-5 of rounding (AMD EPYC's kernels)
     np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dk1, dk0, rtol=1e-4, atol=1e-4)
 
