@@ -45,13 +45,9 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # step 21 s instead of 13.8 s; the option wants the enum names in full.
 #
 # And LLVM optimisation level 1 instead of XLA's 2: most of a compile is LLVM optimising
-# thousands of small generated kernels, and level 2 makes none of them faster here.
-# Measured in one process, alternating (`benchmarks/ab.py`, AMD EPYC, 2 cores): Lab4
-# reference dims 6.90 / 8.14 s per step teacher-forced / free-running against 6.98 / 8.66 s,
-# compile 93 s against 107 s; CPU preset 2.35 / 3.73 s against 2.39 / 3.73 s, compile 98 s
-# against 106 s; SVG reference dims 21.0 s against 21.5 s, compile 49 s against 62 s; a
-# toy Lab4 step compiles in 31 s instead of 57 s. (Level 0 compiles faster still but gave
-# NaN gradients in SVG steps, differently placed from run to run.)
+# thousands of small generated kernels, and level 2 made no step faster (in-process A/B:
+# same step times, compile 8-22 % shorter at reference dims, 45 % on a toy step; README,
+# Performance). Level 0 gave NaN gradients in SVG steps, so not 0.
 XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
                    "xla_backend_optimization_level": 1}
