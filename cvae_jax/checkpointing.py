@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -59,6 +60,15 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict, metrics=N
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)),
                  metrics=metrics)
+
+
+def abstract_state(cfg: Config, device=None):
+    """(graphdef, the training state's shapes and dtypes placed on `device`, default the first
+    local one): a restore target without initialising a model (eager initialisation
+    compiles a small program per parameter shape)."""
+    graphdef, shapes = jax.eval_shape(lambda key: init_state(cfg, key), jax.random.key(0))
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+    return graphdef, jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
@@ -152,7 +162,7 @@ def load_checkpoint(run_dir, which: str = "best") -> Generator:
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     run_dir = pathlib.Path(run_dir)
     cfg = load_config(run_dir)
-    graphdef, template = init_state(cfg, jax.random.key(0))
+    graphdef, template = abstract_state(cfg)
     last, best = managers(run_dir, cfg.keep_last)
     manager = best if which == "best" and best.latest_step() is not None else last
     state, meta = restore(manager, template)

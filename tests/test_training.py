@@ -1,9 +1,11 @@
 """End-to-end training at toy sizes: bit-exact resume, data parallelism over two host
-devices, the notebook API on a finished run, the non-finite-loss guard, the config and
-CLI layers, and `python train.py` itself.
+devices in one process and over two processes (`jax.distributed`), the notebook API on a
+finished run, the non-finite-loss guard, the config and CLI layers, and `python train.py`.
 
 Every run here uses the same toy config so the (slow) XLA compilations are shared through
-the session's compilation cache (see conftest.py); the first run pays for them.
+the session's compilation cache (see conftest.py); the first run pays for them. The
+runs over two devices compile their own programs (in the two-process run each process
+compiles: on CPU the cache key differs per process), all with the suite's XLA flags.
 """
 
 from __future__ import annotations
@@ -12,22 +14,23 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
-from jax.sharding import SingleDeviceSharding
 
 from conftest import CACHE_ROOT, ROOT
 from cvae_jax import checkpointing
 from cvae_jax.cli import config_from_args, train_parser
 from cvae_jax.config import Config, preset
-from cvae_jax.train_step import init_state
 from cvae_jax.training import train_and_evaluate
 
 QUIET = lambda line: None  # noqa: E731
+PARALLEL_TIMEOUT = 900  # seconds a test waits for its runs; a hung rendezvous fails the test, not the session
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +52,11 @@ def tiny_config(workdir, **changes) -> Config:
     return cfg.replace(**changes).validated()
 
 
-def abstract_state(cfg: Config):
-    """Restore target on this process's first device (whatever devices wrote it)."""
-    shapes = jax.eval_shape(lambda k: init_state(cfg, k)[1], jax.random.key(0))
-    device = SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
-
-
 def restored(run_dir, step=None):
     """(state, meta) of a run's checkpoint `step` (default: the latest)."""
     cfg = checkpointing.load_config(run_dir)
     last, _ = checkpointing.managers(run_dir, cfg.keep_last)
-    return checkpointing.restore(last, abstract_state(cfg), step)
+    return checkpointing.restore(last, checkpointing.abstract_state(cfg)[1], step)
 
 
 def leaves(tree):
@@ -94,29 +90,71 @@ def subprocess_env(**extra):
     return env
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def selected(request, *names) -> bool:
+    return any(item.originalname in names for item in request.session.items)
+
+
 @pytest.fixture(scope="module")
-def dp_process(request, workdir):
-    """The data-parallel run, started before the single-device one so that their (different)
-    compilations share the two cores instead of queueing; None when its test is deselected."""
+def parallel_runs(request, workdir):
+    """{name: process} of the runs over two devices, one epoch each, started before the
+    single-device run so that their (different) compilations share the cores instead of
+    queueing: "dp", one process over two devices, and "proc0"/"proc1", two `python train.py`
+    processes of one device each joined by `jax.distributed` into run folder "multi".
+    Only the runs whose tests are selected; output in workdir/<name>.out and .err."""
     from cvae_jax.data.dance import load_dance
-    if not any(item.originalname == "test_data_parallel_matches_single_device"
-               for item in request.session.items):
-        yield None
-        return
-    cfg = tiny_config(workdir, num_epoch=1, run_name="dp")
-    load_dance(cfg, log=QUIET)  # write the dataset before two processes want it
-    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    with open(workdir / "dp.out", "w") as out, open(workdir / "dp.err", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", DP_SCRIPT, json.dumps(cfg.to_json())], cwd=ROOT,
-                                env=env, stdout=out, stderr=err, text=True)
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    procs = {}
+    want_dp = selected(request, "test_data_parallel_matches_single_device",
+                       "test_two_processes_match_one_process_over_two_devices", "test_only_process_zero_writes_and_logs")
+    want_multi = selected(request, "test_two_processes_match_one_process_over_two_devices",
+                          "test_only_process_zero_writes_and_logs")
+    if want_dp or want_multi:
+        load_dance(tiny_config(workdir), log=QUIET)  # write the dataset before several processes want it
+
+    def start(name, argv, devices):
+        env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        with open(workdir / f"{name}.out", "w") as out, open(workdir / f"{name}.err", "w") as err:
+            procs[name] = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out,
+                                           stderr=err, text=True)
+    if want_dp:
+        start("dp", ["-c", DP_SCRIPT, json.dumps(tiny_config(workdir, num_epoch=1, run_name="dp").to_json())], 2)
+    if want_multi:
+        flags, coordinator = cli_flags(tiny_config(workdir, num_epoch=1, run_name="multi")), f"localhost:{free_port()}"
+        for i in range(2):
+            start(f"proc{i}", ["train.py", *flags, "--coordinator", coordinator, "--num_processes", "2",
+                               "--process_id", str(i)], 1)
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def finish(workdir, procs: dict, names) -> None:
+    """Wait for the named processes; the first to fail (or, at the deadline, every one still
+    running) is reported with its stderr, since a failed peer leaves the others waiting."""
+    procs = {name: procs[name] for name in names}
+    deadline = time.monotonic() + PARALLEL_TIMEOUT
+    err = lambda name: f"{name} stderr:\n" + (workdir / f"{name}.err").read_text()[-4000:]  # noqa: E731
+    while any(proc.poll() is None for proc in procs.values()):
+        failed = [name for name, proc in procs.items() if proc.poll() not in (None, 0)]
+        assert not failed, f"{failed[0]} failed:\n" + err(failed[0])
+        if time.monotonic() > deadline:
+            running = [name for name, proc in procs.items() if proc.poll() is None]
+            pytest.fail(f"{', '.join(running)} still running after {PARALLEL_TIMEOUT} s\n"
+                        + "\n".join(err(name) for name in procs))
+        time.sleep(0.5)
+    for name, proc in procs.items():
+        assert proc.returncode == 0, f"{name} failed:\n" + err(name)
 
 
 @pytest.fixture(scope="module")
-def full_run(workdir, dp_process):
+def full_run(workdir, parallel_runs):
     """Two uninterrupted epochs; the reference for the resume and data-parallel tests."""
     return train_and_evaluate(tiny_config(workdir, run_name="full"), log=QUIET)
 
@@ -158,10 +196,10 @@ def test_new_run_refuses_an_existing_run_folder(workdir, full_run):
         train_and_evaluate(tiny_config(workdir, run_name="full"), log=QUIET)
 
 
-def test_data_parallel_matches_single_device(workdir, full_run, dp_process):
+def test_data_parallel_matches_single_device(workdir, full_run, parallel_runs):
     """Batch split over two host devices: the same training up to summation order."""
     cfg = tiny_config(workdir, num_epoch=1, run_name="dp")
-    assert dp_process.wait(timeout=900) == 0, (workdir / "dp.err").read_text()[-4000:]
+    finish(workdir, parallel_runs, ["dp"])
     assert "DEVICES 2" in (workdir / "dp.out").read_text()
 
     got, _ = restored(workdir / "runs" / "dp")
@@ -182,6 +220,36 @@ def test_data_parallel_matches_single_device(workdir, full_run, dp_process):
     for key in ("loss", "mse", "kl", "grad_norm"):
         assert got_record[key] == pytest.approx(want_record[key], rel=1e-4), key
     assert got_record["val_psnr"] == pytest.approx(want_record["val_psnr"], abs=0.01)
+
+
+def test_two_processes_match_one_process_over_two_devices(workdir, parallel_runs):
+    """`jax.distributed`: two processes of one device each train as one process over two."""
+    finish(workdir, parallel_runs, ["proc0", "proc1", "dp"])
+    multi, single = workdir / "runs" / "multi", workdir / "runs" / "dp"
+    got, got_meta = restored(multi)
+    want, want_meta = restored(single)
+    assert int(got.step) == int(want.step) == 2
+    assert got_meta["key"] == want_meta["key"] and got_meta["epoch"] == want_meta["epoch"] == 1
+    # the launch flags are not part of the saved config, which differs by the run's name only
+    assert dict(got_meta["config"], run_name=None) == dict(want_meta["config"], run_name=None)
+    # the same SPMD program over the same two devices: equal up to the collectives' rounding
+    for a, b in zip(leaves(got), leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    got_record, want_record = records(multi)[0], records(single)[0]
+    for key in ("loss", "mse", "kl", "grad_norm", "param_norm", "val_psnr"):
+        assert got_record[key] == pytest.approx(want_record[key], rel=1e-5), key
+    assert got_record["grad_norm"] > 0  # it did train
+
+
+def test_only_process_zero_writes_and_logs(workdir, parallel_runs):
+    finish(workdir, parallel_runs, ["proc0", "proc1", "dp"])
+    multi, single = workdir / "runs" / "multi", workdir / "runs" / "dp"
+    assert sorted(p.name for p in multi.iterdir()) == sorted(p.name for p in single.iterdir())
+    assert len(records(multi)) == 1  # one record for the one epoch, not one per process
+    out0, out1 = (workdir / "proc0.out").read_text(), (workdir / "proc1.out").read_text()
+    assert f"run folder: {multi}" in out0 and "epoch 0:" in out0
+    assert [line for line in out1.splitlines() if line.strip() and not line.startswith("[Gloo]")] == [], out1
+    assert "epoch 0" not in (workdir / "proc1.err").read_text()  # no progress bar either
 
 
 # --------------------------------------------------------------------------- notebook API
