@@ -23,6 +23,11 @@ from test_training import QUIET, leaves, restored, subprocess_env
 
 TINY = ["--model", "svg", "--vgg_width", "4", "--g_dim", "8", "--z_dim", "3", "--rnn_size", "8",
         "--batch_size", "2", "--n_past", "2", "--n_future", "3", "--n_eval", "8"]
+# Every training run here uses these, so one compiled training step serves them all (the
+# command-line run, last in this file, loads it from the session's cache): the learned
+# prior, teacher forcing drawn per batch, a KL ramp per step.
+TRAIN = ["--prior", "learned", "--tfr", "0.5", "--tf_mode", "batch", "--kl_anneal_type", "Monotonic",
+         "--kl_anneal_per", "step"]
 
 
 def _sequence(rng, t=8):
@@ -50,9 +55,13 @@ def parse(*argv):
     return config_from_args(train_parser().parse_args(list(argv)))
 
 
+def run_flags(bair_root, workdir, *extra) -> list[str]:
+    return [*TINY, "--data", "folder", "--DR", str(bair_root), "--save_root", str(workdir),
+            "--epoch_size", "2", "--val_every", "1", *TRAIN, *extra]
+
+
 def tiny_cfg(bair_root, workdir, *extra):
-    return parse(*TINY, "--data", "folder", "--DR", str(bair_root), "--save_root", str(workdir),
-                 "--epoch_size", "2", "--val_every", "1", *extra)
+    return parse(*run_flags(bair_root, workdir, *extra))
 
 
 def test_svg_flags_use_the_course_names():
@@ -110,34 +119,6 @@ def test_synthetic_source_follows_the_config(monkeypatch, bair_root, tmp_path):
     assert len(src["train"]) == 5 and len(src["validate"]) == 3
 
 
-def test_train_and_evaluate_cli_end_to_end(bair_root, workdir):
-    argv = [*TINY, "--data", "folder", "--DR", str(bair_root), "--save_root", str(workdir),
-            "--run_name", "cli", "--num_epoch", "1", "--epoch_size", "2", "--prior", "learned"]
-    proc = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "vs repeat-last-context-frame baseline" in proc.stdout, proc.stdout
-    run = workdir / "cli"
-    for name in ("config.json", "metrics.jsonl", "training.png", "val_psnr_per_frame.png", "val_video0.gif"):
-        assert (run / name).stat().st_size > 0, name
-    out = workdir / "eval"
-    proc = subprocess.run([sys.executable, "evaluate.py", "--run", str(run), "--num_samples", "3",
-                           "--n_future", "6", "--out", str(out), "--save_frames", str(out / "best.npz")],
-                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "2 context -> 6 predicted frames" in proc.stdout and "best of 3" in proc.stdout, proc.stdout
-    assert "(per-channel, SVG)" in proc.stdout and "(image)" in proc.stdout
-    rows = list(csv.DictReader(open(out / "metrics_per_frame.csv")))
-    assert [int(r["frame"]) for r in rows] == [2, 3, 4, 5, 6, 7]
-    for r in rows:
-        # a mean of per-channel log-MSEs is never below the log of their mean (Jensen)
-        assert float(r["best_psnr_channel"]) >= float(r["best_psnr_image"]) - 1e-4
-    assert len(list(out.glob("validate*.gif"))) == 3
-    assert np.load(out / "best.npz")["pred"].shape == (3, 6, 64, 64, 3)
-    for name in ("psnr_per_frame.png", "ssim_per_frame.png"):
-        assert (out / name).stat().st_size > 0
-
-
 def test_best_of_n_selection(bair_root, workdir, monkeypatch):
     """Best = the sample with the highest mean SSIM, per sequence; mean = over samples."""
     from cvae_jax.evaluation import evaluate
@@ -161,8 +142,7 @@ def test_best_of_n_selection(bair_root, workdir, monkeypatch):
 
 
 def test_resume_is_bit_exact_and_checkpoint_predicts(bair_root, workdir):
-    extra = ("--tfr", "0.5", "--tf_mode", "batch", "--kl_anneal_type", "Monotonic", "--kl_anneal_per",
-             "step", "--num_epoch", "2")
+    extra = ("--num_epoch", "2")
     full = train_and_evaluate(tiny_cfg(bair_root, workdir, "--run_name", "full", *extra), log=QUIET)
     part = train_and_evaluate(tiny_cfg(bair_root, workdir, "--run_name", "part", *extra), num_epoch=1,
                               log=QUIET)
@@ -207,3 +187,30 @@ def test_train_and_evaluate_on_tfds(bair_root, workdir, tmp_path):
                        out=tmp_path / "eval")
     assert res["scores"]["psnr_image"].shape == (3, 2, 3)
     assert np.isfinite(res["summary"]["best_psnr_image"])
+
+
+def test_train_and_evaluate_cli_end_to_end(bair_root, workdir):
+    argv = run_flags(bair_root, workdir, "--run_name", "cli", "--num_epoch", "1")
+    proc = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "vs repeat-last-context-frame baseline" in proc.stdout, proc.stdout
+    run = workdir / "cli"
+    for name in ("config.json", "metrics.jsonl", "training.png", "val_psnr_per_frame.png", "val_video0.gif"):
+        assert (run / name).stat().st_size > 0, name
+    out = workdir / "eval"
+    proc = subprocess.run([sys.executable, "evaluate.py", "--run", str(run), "--num_samples", "3",
+                           "--n_future", "6", "--out", str(out), "--save_frames", str(out / "best.npz")],
+                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "2 context -> 6 predicted frames" in proc.stdout and "best of 3" in proc.stdout, proc.stdout
+    assert "(per-channel, SVG)" in proc.stdout and "(image)" in proc.stdout
+    rows = list(csv.DictReader(open(out / "metrics_per_frame.csv")))
+    assert [int(r["frame"]) for r in rows] == [2, 3, 4, 5, 6, 7]
+    for r in rows:
+        # a mean of per-channel log-MSEs is never below the log of their mean (Jensen)
+        assert float(r["best_psnr_channel"]) >= float(r["best_psnr_image"]) - 1e-4
+    assert len(list(out.glob("validate*.gif"))) == 3
+    assert np.load(out / "best.npz")["pred"].shape == (3, 6, 64, 64, 3)
+    for name in ("psnr_per_frame.png", "ssim_per_frame.png"):
+        assert (out / name).stat().st_size > 0
