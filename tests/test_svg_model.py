@@ -163,19 +163,26 @@ def test_condition_changes_the_prediction_causally(rng):
     assert np.abs(base[:, 1] - moved[:, 1]).max() > 1e-4     # frame 3 does
 
 
-def test_prediction_uses_running_stats_and_is_per_sequence(rng):
+@pytest.fixture(scope="module")
+def tiny_step():
+    """(cfg, graphdef, jitted train step): one compiled program for the tests that train."""
+    cfg = tiny_cfg()
+    graphdef, _ = init_state(cfg, jax.random.key(0))
+    return cfg, graphdef, make_train_step(graphdef, cfg)
+
+
+def test_prediction_uses_running_stats_and_is_per_sequence(rng, tiny_step):
     """At prediction time BatchNorm uses the running averages, so a sequence's prediction
     does not depend on which others share its batch."""
-    cfg = tiny_cfg()
-    graphdef, state = init_state(cfg, jax.random.key(0))
+    cfg, graphdef, step = tiny_step
+    _, state = init_state(cfg, jax.random.key(0))
     # every BatchNorm's running variance moves (some means stay 0 by symmetry: with batch 2
     # BatchNorm1d makes the two samples' features exact opposites)
     variances = lambda s: [np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(s) if "var" in jax.tree_util.keystr(p)]  # noqa: E731
     before = variances(state.batch_stats)
     assert len(before) == 11 + 10 + 1
     sched = Schedule(jnp.float32(1e-3), jnp.float32(1.0), jnp.float32(1.0))
-    # the same program as test_train_step_lowers_the_loss_on_a_fixed_batch's (from the cache)
-    new, _ = make_train_step(graphdef, cfg)(state, clip(rng), sched, jax.random.key(1), jax.random.key(2))
+    new, _ = step(state, clip(rng), sched, jax.random.key(1), jax.random.key(2))
     assert all(not np.allclose(a, b) for a, b in zip(before, variances(new.batch_stats)))
     predict = make_predict(graphdef, cfg, z_mode="mean")
     frames, cond = clip(rng, b=3)
@@ -200,10 +207,9 @@ def test_learned_prior_drives_prediction_and_kl(rng):
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-5  # z comes from the learned prior
 
 
-def test_train_step_lowers_the_loss_on_a_fixed_batch(rng):
-    cfg = tiny_cfg()
-    graphdef, state = init_state(cfg, jax.random.key(0))
-    step = make_train_step(graphdef, cfg)
+def test_train_step_lowers_the_loss_on_a_fixed_batch(rng, tiny_step):
+    cfg, _, step = tiny_step
+    _, state = init_state(cfg, jax.random.key(0))
     batch = clip(rng)
     sched = Schedule(jnp.float32(2e-3), jnp.float32(1e-4), jnp.float32(1.0))
     losses_seen = []
