@@ -71,12 +71,13 @@ def abstract_state(cfg: Config, device=None):
     return graphdef, jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
-    """(state, meta) of `step` (default: latest), restored onto the local devices."""
+def restore(manager: ocp.CheckpointManager, like, step: int | None = None):
+    """(state, meta) of `step` (default: latest), restored onto the local devices with
+    the structure, dtypes and placement of `like` (arrays or `abstract_state`'s shapes)."""
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                         meta=ocp.args.JsonRestore()))
     return out.state, out.meta
