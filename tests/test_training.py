@@ -102,11 +102,12 @@ def selected(request, *names) -> bool:
 
 @pytest.fixture(scope="module")
 def parallel_runs(request, workdir):
-    """{name: process} of the runs over two devices, one epoch each, started before the
-    single-device run so that their (different) compilations share the cores instead of
-    queueing: "dp", one process over two devices, and "proc0"/"proc1", two `python train.py`
-    processes of one device each joined by `jax.distributed` into run folder "multi".
-    Only the runs whose tests are selected; output in workdir/<name>.out and .err."""
+    """{name: process} of the runs over two devices, one epoch each, started together:
+    "dp", one process over two devices, and "proc0"/"proc1", two `python train.py` processes
+    of one device each joined by `jax.distributed` into run folder "multi". Only the runs
+    whose tests are selected; output in workdir/<name>.out and .err. Started when a test
+    first needs them, after the in-process runs, so that at most three JAX processes of
+    this file share the cores."""
     from cvae_jax.data.dance import load_dance
     procs = {}
     want_dp = selected(request, "test_data_parallel_matches_single_device",
@@ -154,7 +155,7 @@ def finish(workdir, procs: dict, names) -> None:
 
 
 @pytest.fixture(scope="module")
-def full_run(workdir, parallel_runs):
+def full_run(workdir):
     """Two uninterrupted epochs; the reference for the resume and data-parallel tests."""
     return train_and_evaluate(tiny_config(workdir, run_name="full"), log=QUIET)
 
