@@ -62,12 +62,12 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict, metrics=N
                  metrics=metrics)
 
 
-def abstract_state(cfg: Config, device=None):
-    """(graphdef, the training state's shapes and dtypes placed on `device`, default the first
-    local one): a restore target without initialising a model (eager initialisation
-    compiles a small program per parameter shape)."""
+def abstract_state(cfg: Config):
+    """(graphdef, the training state's shapes and dtypes on the first local device): a
+    restore target without initialising a model (eager initialisation compiles a small
+    program per parameter shape)."""
     graphdef, shapes = jax.eval_shape(lambda key: init_state(cfg, key), jax.random.key(0))
-    sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return graphdef, jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 

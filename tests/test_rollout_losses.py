@@ -361,9 +361,10 @@ def preset_cfg():
 @pytest.mark.parametrize("fast", [True, False])
 def test_tf_fast_path_flag_decides_the_program(fast):
     """--no-tf_fast_path leaves one gradient program (no conditional) in the train step."""
-    from cvae_jax.train_step import Schedule, init_state, make_train_step
+    from cvae_jax import checkpointing
+    from cvae_jax.train_step import Schedule, make_train_step
     cfg = preset_cfg().replace(frame_H=LH, frame_W=LW, batch_size=LB, train_vi_len=LT, tf_fast_path=fast)
-    graphdef, state = jax.eval_shape(lambda key: init_state(cfg, key), jax.random.key(0))  # shapes suffice
+    graphdef, state = checkpointing.abstract_state(cfg)  # shapes suffice
     batch = tuple(jnp.zeros((LB, LT, LH, LW, 3), jnp.float32) for _ in range(2))
     sched = Schedule(*(jnp.float32(v) for v in (1e-3, 1.0, 1.0)))
     text = make_train_step(graphdef, cfg).lower(state, batch, sched, jax.random.key(1),
