@@ -16,7 +16,14 @@ XLA_FLAGS, so the training subprocesses inherit it): most of a compile is LLVM o
 thousands of small generated kernels. Measured on the toy Lab4 training step: 31 s to
 compile instead of 57 s, 0.18 s per call either way, the same loss to the last bit. Level 0
 compiles in 24 s but its SVG programs produce NaNs that levels 1 and 2 do not, so not 0.
-CVAE_JAX_TEST_XLA_OPT=default, or a level already in XLA_FLAGS, keeps XLA's own.
+And XLA CPU's older loop emitters instead of its MLIR fusion emitters: on test_training's
+toy training step (scan_unroll=1) 33 s instead of 46 s to compile, the same step time.
+
+The toy configs also compile with `scan_unroll=1`: an unrolled loop puts the scan body in
+the program once per step (toy Lab4 gradient: 23 s at 1, 32 s at 2, 35 s at 4). That
+unrolling changes no result is tested on its own (test_rollout_losses, test_deferred).
+
+CVAE_JAX_TEST_XLA_OPT=default, or a level already in XLA_FLAGS, keeps XLA's own settings.
 """
 
 from __future__ import annotations
@@ -41,6 +48,11 @@ def _cache_root() -> pathlib.Path:
         return pathlib.Path(os.environ["CVAE_JAX_CACHE"]).expanduser()
     root = tempfile.mkdtemp(prefix="cvae_jax_test_cache_")
     atexit.register(shutil.rmtree, root, ignore_errors=True)
+    # Exported, so pytest-xdist's workers (started after this) and every train.py they run
+    # use this folder too: XLA's cache key includes a path under the cache folder
+    # (`xla_gpu_per_fusion_autotune_cache_dir`, even on CPU), so a worker's own temporary
+    # folder made its subprocesses recompile what the worker had compiled.
+    os.environ["CVAE_JAX_CACHE"] = root
     return pathlib.Path(root)
 
 
@@ -64,7 +76,7 @@ def _setup_compilation_cache() -> None:
 
 _setup_compilation_cache()
 
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
 
 
 def _setup_xla_flags() -> None:

@@ -15,7 +15,8 @@ from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_s
 def _setup(model: str):
     r = np.random.default_rng(0)
     # one program; XLA's own convolutions, as on the GPUs and TPUs the option is for
-    cfg = preset("cpu", model=model).replace(tf_mode="batch", tf_fast_path=False, conv_impl="xla")
+    cfg = preset("cpu", model=model).replace(tf_mode="batch", tf_fast_path=False, conv_impl="xla",
+                                               scan_unroll=1)
     if model == "lab4":
         cfg = cfg.replace(batch_size=2, train_vi_len=4, frame_H=8, frame_W=16, F_dim=8, L_dim=8,
                           N_dim=4, D_out_dim=16, kl_anneal_type="None")

@@ -355,7 +355,7 @@ def preset_cfg():
     from cvae_jax.config import preset
     return preset("cpu").replace(**{k: v for k, v in
                                     dict(F_dim=8, L_dim=8, N_dim=4, D_out_dim=16).items()},
-                                 scan_unroll=2, smooth_weight=0.0)
+                                 scan_unroll=1, smooth_weight=0.0)
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -1,4 +1,7 @@
-"""SVG model: reference parameter counts, shapes, the rollout's rules, KL, BatchNorm."""
+"""SVG model: reference parameter counts, shapes, the rollout's rules, KL, BatchNorm.
+
+Training steps are compiled in test_svg_training.py only (one program for all its runs);
+the BatchNorm running statistics are tested there, on a trained run."""
 
 import re
 
@@ -13,9 +16,9 @@ from cvae_jax.config import preset
 from cvae_jax.layers import count_params
 from cvae_jax.models import svg
 from cvae_jax.models.lstm import LSTMCell
-from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_step
+from cvae_jax.train_step import init_state, make_predict
 
-TINY = dict(vgg_width=4, g_dim=8, z_dim=3, rnn_size=8, batch_size=2, n_past=2, n_future=3)
+TINY = dict(vgg_width=4, g_dim=8, z_dim=3, rnn_size=8, batch_size=2, n_past=2, n_future=3, scan_unroll=1)
 
 
 def tiny_cfg(**changes):
@@ -125,8 +128,10 @@ def test_teacher_forced_path_equals_general_rollout(rng, changes):
     np.testing.assert_allclose(l1, l0, rtol=1e-5)
     np.testing.assert_allclose(m1["kl"], m0["kl"], rtol=1e-5)
     assert jax.tree.structure(mom1) == jax.tree.structure(mom0)
+    # Moments agree to float32 summation order (measured up to 2e-6 absolute on entries
+    # near 1e-2 when XLA reorders the reductions; a wrong skip frame moves them by >1e-2).
     for a, b in zip(jax.tree_util.tree_leaves(mom1), jax.tree_util.tree_leaves(mom0)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # Gradients agree to rounding, amplified: the scaled-up weights saturate some tanh
     # units (|h| ~ 1 - 1e-6), whose gradient 1 - h^2 is then only a few bits deep
     # (measured: ~0.4% relative; ~2e-6 at the real init; a wrong skip frame gives >10%).
@@ -163,34 +168,6 @@ def test_condition_changes_the_prediction_causally(rng):
     assert np.abs(base[:, 1] - moved[:, 1]).max() > 1e-4     # frame 3 does
 
 
-@pytest.fixture(scope="module")
-def tiny_step():
-    """(cfg, graphdef, jitted train step): one compiled program for the tests that train."""
-    cfg = tiny_cfg()
-    graphdef, _ = init_state(cfg, jax.random.key(0))
-    return cfg, graphdef, make_train_step(graphdef, cfg)
-
-
-def test_prediction_uses_running_stats_and_is_per_sequence(rng, tiny_step):
-    """At prediction time BatchNorm uses the running averages, so a sequence's prediction
-    does not depend on which others share its batch."""
-    cfg, graphdef, step = tiny_step
-    _, state = init_state(cfg, jax.random.key(0))
-    # every BatchNorm's running variance moves (some means stay 0 by symmetry: with batch 2
-    # BatchNorm1d makes the two samples' features exact opposites)
-    variances = lambda s: [np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(s) if "var" in jax.tree_util.keystr(p)]  # noqa: E731
-    before = variances(state.batch_stats)
-    assert len(before) == 11 + 10 + 1
-    sched = Schedule(jnp.float32(1e-3), jnp.float32(1.0), jnp.float32(1.0))
-    new, _ = step(state, clip(rng), sched, jax.random.key(1), jax.random.key(2))
-    assert all(not np.allclose(a, b) for a, b in zip(before, variances(new.batch_stats)))
-    predict = make_predict(graphdef, cfg, z_mode="mean")
-    frames, cond = clip(rng, b=3)
-    together = np.asarray(predict(new.params, new.batch_stats, (frames, cond), jax.random.key(0)))
-    alone = np.asarray(predict(new.params, new.batch_stats, (frames[1:2], cond[1:2]), jax.random.key(0)))
-    np.testing.assert_allclose(together[1], alone[0], atol=1e-5)
-
-
 def test_learned_prior_drives_prediction_and_kl(rng):
     cfg = tiny_cfg(prior="learned")
     graphdef, state = init_state(cfg, jax.random.key(0))
@@ -205,19 +182,6 @@ def test_learned_prior_drives_prediction_and_kl(rng):
     bumped["prior"]["mu_net"]["bias"] = nnx.Param(bumped["prior"]["mu_net"]["bias"][...] + 1.0)
     b = predict(bumped, state.batch_stats, (frames, cond), jax.random.key(0))
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-5  # z comes from the learned prior
-
-
-def test_train_step_lowers_the_loss_on_a_fixed_batch(rng, tiny_step):
-    cfg, _, step = tiny_step
-    _, state = init_state(cfg, jax.random.key(0))
-    batch = clip(rng)
-    sched = Schedule(jnp.float32(2e-3), jnp.float32(1e-4), jnp.float32(1.0))
-    losses_seen = []
-    for i in range(8):
-        state, m = step(state, batch, sched, jax.random.key(1), jax.random.key(i))
-        losses_seen.append(float(m["mse"]))
-    assert np.isfinite(losses_seen).all()
-    assert losses_seen[-1] < losses_seen[0]
 
 
 def ynn_convolutions(compiled_text: str) -> int:

@@ -18,11 +18,13 @@ from cvae_jax.cli import config_from_args, train_parser
 from cvae_jax.config import preset
 from cvae_jax.data import pushing
 from cvae_jax.data.bair_folder import write_sequence
+from cvae_jax.train_step import make_predict
 from cvae_jax.training import train_and_evaluate
 from test_training import QUIET, leaves, restored, subprocess_env
 
 TINY = ["--model", "svg", "--vgg_width", "4", "--g_dim", "8", "--z_dim", "3", "--rnn_size", "8",
-        "--batch_size", "2", "--n_past", "2", "--n_future", "3", "--n_eval", "8"]
+        "--batch_size", "2", "--n_past", "2", "--n_future", "3", "--n_eval", "8",
+        "--scan_unroll", "1"]
 # Every training run here uses these, so one compiled training step serves them all (the
 # command-line run, last in this file, loads it from the session's cache): the learned
 # prior, teacher forcing drawn per batch, a KL ramp per step.
@@ -119,10 +121,34 @@ def test_synthetic_source_follows_the_config(monkeypatch, bair_root, tmp_path):
     assert len(src["train"]) == 5 and len(src["validate"]) == 3
 
 
-def test_best_of_n_selection(bair_root, workdir, monkeypatch):
+@pytest.fixture(scope="module")
+def one_epoch_run(bair_root, workdir):
+    """A run folder after one epoch (two steps), for the tests that need a trained model."""
+    return train_and_evaluate(tiny_cfg(bair_root, workdir, "--run_name", "sel", "--num_epoch", "1"), log=QUIET)
+
+
+def test_prediction_uses_running_stats_and_is_per_sequence(one_epoch_run):
+    """Training moved every BatchNorm's running variance off its initial 1 (some means stay
+    0 by symmetry: with batch 2 BatchNorm1d makes the two samples' features exact
+    opposites); prediction uses those running averages, so a sequence's prediction does
+    not depend on which others share its batch."""
+    state, _ = restored(one_epoch_run)
+    variances = [np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(state.batch_stats)
+                 if "var" in jax.tree_util.keystr(p)]
+    assert len(variances) == 11 + 10 + 1
+    assert all(not np.allclose(v, 1.0) for v in variances)
+    cfg = checkpointing.load_config(one_epoch_run)
+    predict = make_predict(checkpointing.abstract_state(cfg)[0], cfg, z_mode="mean")
+    rng = np.random.default_rng(0)
+    frames, cond = rng.random((3, 5, 64, 64, 3), dtype=np.float32), rng.random((3, 5, 7), dtype=np.float32)
+    together = np.asarray(predict(state.params, state.batch_stats, (frames, cond), jax.random.key(0)))
+    alone = np.asarray(predict(state.params, state.batch_stats, (frames[1:2], cond[1:2]), jax.random.key(0)))
+    np.testing.assert_allclose(together[1], alone[0], atol=1e-5)
+
+
+def test_best_of_n_selection(one_epoch_run, workdir, monkeypatch):
     """Best = the sample with the highest mean SSIM, per sequence; mean = over samples."""
     from cvae_jax.evaluation import evaluate
-    train_and_evaluate(tiny_cfg(bair_root, workdir, "--run_name", "sel", "--num_epoch", "1"), log=QUIET)
     predict = checkpointing.Generator.predict
 
     def noisy(self, context, cond, key=None, **kw):
@@ -131,7 +157,7 @@ def test_best_of_n_selection(bair_root, workdir, monkeypatch):
         return np.clip(out + 0.05 * np.asarray(jax.random.normal(key, out.shape)), 0, 1)
 
     monkeypatch.setattr(checkpointing.Generator, "predict", noisy)
-    res = evaluate(workdir / "sel", num_samples=4, log=QUIET, out=workdir / "sel_eval")
+    res = evaluate(one_epoch_run, num_samples=4, log=QUIET, out=workdir / "sel_eval")
     s = res["scores"]  # (sequences, samples, frames)
     assert s["ssim_channel"].shape == (3, 4, 3)
     best = np.argmax(s["ssim_channel"].mean(-1), axis=1)
@@ -176,14 +202,12 @@ def test_tfds_source_feeds_training_batches(workdir, tmp_path):
 
 
 @pytest.mark.tfds
-def test_train_and_evaluate_on_tfds(bair_root, workdir, tmp_path):
+def test_train_and_evaluate_on_tfds(one_epoch_run, tmp_path):
     """A run trained on the processed folder is evaluated on (mocked) TFDS data."""
     tfds = pytest.importorskip("tensorflow_datasets")
     from cvae_jax.evaluation import evaluate
-    run = train_and_evaluate(tiny_cfg(bair_root, workdir, "--run_name", "to_tfds", "--num_epoch", "1"),
-                             log=QUIET)
     with tfds.testing.mock_data(num_examples=3):
-        res = evaluate(run, data="tfds", data_dir=str(tmp_path), num_samples=2, log=QUIET,
+        res = evaluate(one_epoch_run, data="tfds", data_dir=str(tmp_path), num_samples=2, log=QUIET,
                        out=tmp_path / "eval")
     assert res["scores"]["psnr_image"].shape == (3, 2, 3)
     assert np.isfinite(res["summary"]["best_psnr_image"])

@@ -41,14 +41,16 @@ def workdir(tmp_path_factory):
 def tiny_config(workdir, **changes) -> Config:
     """Toy dims and data, with schedules that change between epochs (lr milestone, KL
     ramp, adaptive teacher forcing drawn per frame) so a resume that lost any of them
-    would diverge. 16 frames per synthetic video = 4 clips = 2 batches per epoch."""
+    would diverge. 16 frames per synthetic video = 4 clips = 2 batches per epoch.
+    Compile time: no teacher-forced fast path, half the compile (test_svg_training resumes
+    through both paths); a rolled loop (conftest.py)."""
     cfg = preset("lab4").replace(
         frame_H=8, frame_W=16, F_dim=8, L_dim=8, N_dim=4, D_out_dim=16,
         train_vi_len=4, val_vi_len=16, batch_size=2, steps_per_epoch=2, synthetic_train_videos=1,
         cache_dir=str(workdir / "cache"), save_root=str(workdir / "runs"), num_epoch=2,
         lr_milestones=(1,), kl_anneal_type="Monotonic", kl_anneal_cycle=1,
         tf_mode="frame", tfr=0.5, tfr_adaptive=True, tfr_d_step=0.3,
-        tf_fast_path=False)  # half the compile; tests/test_svg_training.py resumes through both
+        tf_fast_path=False, scan_unroll=1)
     return cfg.replace(**changes).validated()
 
 
