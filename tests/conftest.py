@@ -18,6 +18,8 @@ compile instead of 57 s, 0.18 s per call either way, the same loss to the last b
 compiles in 24 s but its SVG programs produce NaNs that levels 1 and 2 do not, so not 0.
 And XLA CPU's older loop emitters instead of its MLIR fusion emitters: on test_training's
 toy training step (scan_unroll=1) 33 s instead of 46 s to compile, the same step time.
+Tests only: at Lab4's reference dims (16-step unrolled scan) they compiled in 327 s
+instead of 151 s (benchmarks/ab.py, 2026-11-23), so train.py keeps XLA's default.
 
 The toy configs also compile with `scan_unroll=1`: an unrolled loop puts the scan body in
 the program once per step (toy Lab4 gradient: 23 s at 1, 32 s at 2, 35 s at 4). That
