@@ -7,12 +7,44 @@ folder that looks complete and a changed spec or generator version regenerates.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
 import tempfile
-from typing import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Sequence
+
+
+def spec_digest(spec, version: int) -> str:
+    """16 hex digits naming a generated folder: any change of spec or version renames it."""
+    blob = json.dumps({"spec": dataclasses.asdict(spec), "version": version}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def marker_contents(spec, version: int) -> dict:
+    return {"spec": dataclasses.asdict(spec), "generator_version": version}
+
+
+def write_jobs(write_one: Callable[[Any], object], jobs: Sequence, workers: int) -> None:
+    """`write_one(job)` for every job: in this process, or in `workers` spawned ones
+    (forking a process that runs JAX can deadlock; spawning needs an importable
+    `__main__`). Jobs write disjoint files, so the output is the same either way."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            write_one(job)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+        list(pool.map(write_one, jobs))
+
+
+def mark_complete(root: pathlib.Path, marker_file: str, contents: dict) -> None:
+    """Written last: its presence, with matching contents, is what makes a folder complete."""
+    (pathlib.Path(root) / marker_file).write_text(json.dumps(contents, indent=2, sort_keys=True))
 
 
 def marker_matches(path: pathlib.Path, marker_file: str, expected: dict) -> bool:

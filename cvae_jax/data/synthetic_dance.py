@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import colorsys
 import dataclasses
-import hashlib
-import json
 import math
-import multiprocessing
 import pathlib
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cvae_jax.data.generated import ensure_generated, marker_matches
+from cvae_jax.data.generated import (ensure_generated, mark_complete, marker_contents, marker_matches,
+                                     spec_digest, write_jobs)
 
 __all__ = ["SyntheticDanceSpec", "generate", "ensure_synthetic", "COMPLETE_MARKER"]
 
@@ -68,8 +65,7 @@ class SyntheticDanceSpec:
             raise ValueError(f"SyntheticDanceSpec size {self.width}x{self.height} is too small to draw a dancer")
 
     def digest(self) -> str:
-        blob = json.dumps({"spec": dataclasses.asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return spec_digest(self, GENERATOR_VERSION)
 
 
 # =========================================================================== appearance
@@ -675,21 +671,11 @@ def generate(root, spec: SyntheticDanceSpec, workers: int = 1) -> pathlib.Path:
             raise FileExistsError(f"{root / sub} already exists; generate into an empty folder")
     _make_layout(root)
     jobs = _jobs(root, spec)
-    if workers <= 1 or len(jobs) == 1 or len(jobs) * spec.frames_per_video < _PARALLEL_MIN_FRAMES:
-        for job in jobs:
-            _write_video(job)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            list(pool.map(_write_video, jobs))
-    marker = {"spec": dataclasses.asdict(spec), "generator_version": GENERATOR_VERSION}
-    (root / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))  # last: marks completion
+    if len(jobs) * spec.frames_per_video < _PARALLEL_MIN_FRAMES:
+        workers = 1
+    write_jobs(_write_video, jobs, workers)
+    mark_complete(root, COMPLETE_MARKER, marker_contents(spec, GENERATOR_VERSION))
     return root
-
-
-def _is_complete(path: pathlib.Path, spec: SyntheticDanceSpec) -> bool:
-    expected = {"spec": dataclasses.asdict(spec), "generator_version": GENERATOR_VERSION}
-    return marker_matches(path, COMPLETE_MARKER, expected)
 
 
 def ensure_synthetic(cache_root, spec: SyntheticDanceSpec, workers: int = 1) -> pathlib.Path:
@@ -700,5 +686,6 @@ def ensure_synthetic(cache_root, spec: SyntheticDanceSpec, workers: int = 1) -> 
     that looks complete.
     """
     target = pathlib.Path(cache_root).expanduser() / f"synthetic_dance_{spec.digest()}"
-    return ensure_generated(target, lambda path: _is_complete(path, spec),
+    expected = marker_contents(spec, GENERATOR_VERSION)
+    return ensure_generated(target, lambda path: marker_matches(path, COMPLETE_MARKER, expected),
                             lambda folder: generate(folder, spec, workers=workers))

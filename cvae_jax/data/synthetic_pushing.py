@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import colorsys
 import dataclasses
-import hashlib
-import json
 import math
-import multiprocessing
 import pathlib
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from cvae_jax.data.generated import ensure_generated, marker_matches
+from cvae_jax.data.generated import (ensure_generated, mark_complete, marker_contents, marker_matches,
+                                     spec_digest, write_jobs)
 
 __all__ = ["SyntheticPushingSpec", "render_sequence", "generate", "ensure_synthetic", "COMPLETE_MARKER"]
 
@@ -72,8 +69,7 @@ class SyntheticPushingSpec:
         return {"train": self.train_sequences, "validate": self.validate_sequences, "test": self.test_sequences}
 
     def digest(self) -> str:
-        blob = json.dumps({"spec": dataclasses.asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return spec_digest(self, GENERATOR_VERSION)
 
 
 # =========================================================================== scene and motion
@@ -394,21 +390,9 @@ def generate(root, spec: SyntheticPushingSpec, workers: int = 1) -> pathlib.Path
     spec_dict = dataclasses.asdict(spec)
     jobs = [(str(root), spec_dict, split, a, min(a + _CHUNK, n))
             for split, n in spec.counts().items() for a in range(0, n, _CHUNK)]
-    if workers <= 1 or len(jobs) == 1:
-        for job in jobs:
-            _write_chunk(job)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            list(pool.map(_write_chunk, jobs))
-    marker = {"spec": spec_dict, "generator_version": GENERATOR_VERSION}
-    (root / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))  # last: marks completion
+    write_jobs(_write_chunk, jobs, workers)
+    mark_complete(root, COMPLETE_MARKER, marker_contents(spec, GENERATOR_VERSION))
     return root
-
-
-def _is_complete(path: pathlib.Path, spec: SyntheticPushingSpec) -> bool:
-    expected = {"spec": dataclasses.asdict(spec), "generator_version": GENERATOR_VERSION}
-    return marker_matches(path, COMPLETE_MARKER, expected)
 
 
 def ensure_synthetic(cache_root, spec: SyntheticPushingSpec, workers: int = 1) -> pathlib.Path:
@@ -419,5 +403,6 @@ def ensure_synthetic(cache_root, spec: SyntheticPushingSpec, workers: int = 1) -
     that looks complete.
     """
     target = pathlib.Path(cache_root).expanduser() / f"synthetic_pushing_{spec.digest()}"
-    return ensure_generated(target, lambda path: _is_complete(path, spec),
+    expected = marker_contents(spec, GENERATOR_VERSION)
+    return ensure_generated(target, lambda path: marker_matches(path, COMPLETE_MARKER, expected),
                             lambda folder: generate(folder, spec, workers=workers))
