@@ -12,7 +12,7 @@ import dataclasses
 import types
 import typing
 
-from cvae_jax.config import PRESET_NAMES, PRESETS, Config, preset
+from cvae_jax.config import PRESET_NAMES, Config, preset
 
 FLAG_HELP = {
     "DR": "dataset root in the reference layout; omit for the built-in synthetic dance",

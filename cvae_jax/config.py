@@ -8,7 +8,6 @@ checkpoint and is all `load_checkpoint` needs to rebuild the model.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from cvae_jax.kernels import CONV_IMPLS

@@ -74,3 +74,12 @@ def ensure_generated(target: pathlib.Path, is_complete: Callable[[pathlib.Path],
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def ensure_for_spec(cache_root, name: str, spec, version: int, marker_file: str,
+                    write: Callable[[pathlib.Path], object]) -> pathlib.Path:
+    """``<cache_root>/<name>_<digest>/`` for a generator's spec and version, written by
+    `write(folder)` (which ends with `mark_complete`) only if absent or incomplete."""
+    target = pathlib.Path(cache_root).expanduser() / f"{name}_{spec_digest(spec, version)}"
+    expected = marker_contents(spec, version)
+    return ensure_generated(target, lambda path: marker_matches(path, marker_file, expected), write)

@@ -23,8 +23,7 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cvae_jax.data.generated import (ensure_generated, mark_complete, marker_contents, marker_matches,
-                                     spec_digest, write_jobs)
+from cvae_jax.data.generated import ensure_for_spec, mark_complete, marker_contents, spec_digest, write_jobs
 
 __all__ = ["SyntheticDanceSpec", "generate", "ensure_synthetic", "COMPLETE_MARKER"]
 
@@ -679,13 +678,7 @@ def generate(root, spec: SyntheticDanceSpec, workers: int = 1) -> pathlib.Path:
 
 
 def ensure_synthetic(cache_root, spec: SyntheticDanceSpec, workers: int = 1) -> pathlib.Path:
-    """``<cache_root>/synthetic_dance_<digest>/``, generated only if absent or incomplete.
-
-    Generation goes to a temporary sibling that is renamed into place after its
-    completion marker is written, so an interrupted run never leaves a folder
-    that looks complete.
-    """
-    target = pathlib.Path(cache_root).expanduser() / f"synthetic_dance_{spec.digest()}"
-    expected = marker_contents(spec, GENERATOR_VERSION)
-    return ensure_generated(target, lambda path: marker_matches(path, COMPLETE_MARKER, expected),
-                            lambda folder: generate(folder, spec, workers=workers))
+    """``<cache_root>/synthetic_dance_<digest>/``, generated only if absent or incomplete
+    (`data.generated`: never half-written)."""
+    return ensure_for_spec(cache_root, "synthetic_dance", spec, GENERATOR_VERSION, COMPLETE_MARKER,
+                           lambda folder: generate(folder, spec, workers=workers))
