@@ -8,7 +8,7 @@ import signal
 import sys
 
 from cvae_jax.cli import (compilation_cache_summary, config_from_args, enable_compilation_cache,
-                          init_distributed, train_parser)
+                          init_distributed, input_errors_as_usage, train_parser)
 from cvae_jax.distributed import Preempted, is_main
 from cvae_jax.training import train_and_evaluate
 
@@ -17,18 +17,19 @@ def main(argv=None):
     parser = train_parser()
     args = parser.parse_args(argv)
     cfg = None if args.resume else config_from_args(args, parser)  # bad flags fail here, first
-    init_distributed(args)  # before anything touches a device
-    enable_compilation_cache()
-    try:
-        if args.resume:
-            run_dir = train_and_evaluate(resume=args.resume, num_epoch=getattr(args, "num_epoch", None))
-        else:
-            run_dir = train_and_evaluate(cfg)
+    with input_errors_as_usage(parser.prog):
+        init_distributed(args)  # before anything touches a device
+        enable_compilation_cache()
+        try:
+            if args.resume:
+                run_dir = train_and_evaluate(resume=args.resume, num_epoch=getattr(args, "num_epoch", None))
+            else:
+                run_dir = train_and_evaluate(cfg)
+        except Preempted:  # saved and logged; the exit status of a process ended by SIGTERM
+            sys.exit(128 + signal.SIGTERM)
         if is_main():
             print(compilation_cache_summary())
         return run_dir
-    except Preempted:  # saved and logged; the exit status of a process ended by SIGTERM
-        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cvae_jax.config import Config
+from cvae_jax.errors import RunFolderError
 from cvae_jax.train_step import init_state, make_generate, make_predict
 
 CONFIG_FILE = "config.json"
@@ -30,7 +31,7 @@ def save_config(run_dir: pathlib.Path, cfg: Config) -> None:
 def load_config(run_dir) -> Config:
     path = pathlib.Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a cvae-jax run folder "
+        raise RunFolderError(f"{path} not found: is {run_dir} a cvae-jax run folder "
                                 "(made by train.py)?")
     return Config.from_json(json.loads(path.read_text()))
 
@@ -76,7 +77,7 @@ def restore(manager: ocp.CheckpointManager, like, step: int | None = None):
     the structure, dtypes and placement of `like` (arrays or `abstract_state`'s shapes)."""
     step = manager.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+        raise RunFolderError(f"no checkpoint in {manager.directory}")
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                         meta=ocp.args.JsonRestore()))

@@ -8,7 +8,11 @@ the defaults; flags given on the command line override them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
+import sys
+import traceback
 import types
 import typing
 
@@ -200,3 +204,18 @@ def compilation_cache_summary() -> str:
     return (f"compiled programs: {_cache_counts['hits']} of {_cache_counts['requests']} loaded from "
             f"the cache in {jax.config.jax_compilation_cache_dir} (programs compiling in under "
             f"{MIN_CACHED_COMPILE_S:g} s are not cached)")
+
+
+@contextlib.contextmanager
+def input_errors_as_usage(prog: str):
+    """An `errors.InputError` (a bad dataset, run folder or flag value) ends the program
+    as argparse ends it for a bad flag: `prog: error: message`, exit status 2, no
+    traceback unless CVAE_JAX_TRACEBACK=1. Every other exception propagates unchanged."""
+    from cvae_jax.errors import InputError
+    try:
+        yield
+    except InputError as e:
+        if os.environ.get("CVAE_JAX_TRACEBACK") == "1":
+            traceback.print_exc()
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)

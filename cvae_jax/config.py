@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from cvae_jax.errors import ConfigError
 from cvae_jax.kernels import CONV_IMPLS
 from cvae_jax.schedules import KL_ANNEAL_TYPES, LR_SCHEDULES
 
@@ -120,7 +121,7 @@ class Config:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"config has unknown fields {unknown}; this cvae-jax knows {sorted(known)}")
+            raise ConfigError(f"config has unknown fields {unknown}; this cvae-jax knows {sorted(known)}")
         data = dict(data)
         if "lr_milestones" in data:
             data["lr_milestones"] = tuple(data["lr_milestones"])
@@ -134,9 +135,9 @@ class Config:
                    "precision": PRECISIONS, "conv_impl": CONV_IMPLS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+                raise ConfigError(f"--{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if self.kl_anneal_type.lower() not in [k.lower() for k in KL_ANNEAL_TYPES]:
-            raise ValueError(f"--kl_anneal_type must be one of {list(KL_ANNEAL_TYPES)}, got {self.kl_anneal_type!r}")
+            raise ConfigError(f"--kl_anneal_type must be one of {list(KL_ANNEAL_TYPES)}, got {self.kl_anneal_type!r}")
         positive = ("frame_H", "frame_W", "batch_size", "num_epoch", "F_dim", "L_dim", "N_dim",
                     "D_out_dim", "kl_anneal_cycle", "per_save", "keep_last", "val_every", "val_vi_len",
                     "n_past", "n_future", "n_eval", "z_dim", "g_dim", "rnn_size", "vgg_width",
@@ -144,44 +145,44 @@ class Config:
                     "synthetic_sequences")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}")
         for name in ("steps_per_epoch", "val_sequences"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.data == "folder" and self.DR is None:
-            raise ValueError("--data folder needs --DR <dataset root>")
+            raise ConfigError("--data folder needs --DR <dataset root>")
         if self.data == "tfds" and self.model != "svg":
-            raise ValueError("--data tfds is the BAIR robot pushing dataset: use it with --model svg")
+            raise ConfigError("--data tfds is the BAIR robot pushing dataset: use it with --model svg")
         if self.model == "svg":
             self._validate_svg()
         if self.train_vi_len < 2:
-            raise ValueError(f"--train_vi_len must be at least 2 (a given frame and one to predict), got {self.train_vi_len}")
+            raise ConfigError(f"--train_vi_len must be at least 2 (a given frame and one to predict), got {self.train_vi_len}")
         if self.N_dim % 4:
-            raise ValueError(f"--N_dim must be a multiple of 4 (the posterior narrows to N/4 and N/2), got {self.N_dim}")
+            raise ConfigError(f"--N_dim must be a multiple of 4 (the posterior narrows to N/4 and N/2), got {self.N_dim}")
         if (self.F_dim + self.L_dim + self.N_dim) % 4 or self.D_out_dim % 16:
-            raise ValueError("--F_dim + --L_dim + --N_dim must be a multiple of 4 and --D_out_dim of 16 "
+            raise ConfigError("--F_dim + --L_dim + --N_dim must be a multiple of 4 and --D_out_dim of 16 "
                              f"(the fusion and generator halve them), got {self.F_dim}+{self.L_dim}+{self.N_dim}, {self.D_out_dim}")
         for name in ("partial", "fast_partial", "kl_anneal_ratio"):
             if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"--{name} must be in (0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be in (0, 1], got {getattr(self, name)}")
         for name in ("tfr", "tfr_floor"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.beta < 0 or self.grad_clip < 0 or not 0 <= self.beta1 < 1:
-            raise ValueError(f"--beta and --grad_clip must be >= 0 and --beta1 in [0, 1), got "
+            raise ConfigError(f"--beta and --grad_clip must be >= 0 and --beta1 in [0, 1), got "
                              f"{self.beta}, {self.grad_clip}, {self.beta1}")
         return self
 
     def _validate_svg(self) -> None:
         if self.n_past + self.n_future > self.n_eval:
-            raise ValueError(f"--n_past + --n_future ({self.n_past} + {self.n_future}) must not exceed "
+            raise ConfigError(f"--n_past + --n_future ({self.n_past} + {self.n_future}) must not exceed "
                              f"--n_eval ({self.n_eval}), the frames loaded per sequence")
         if self.n_eval > 30:
-            raise ValueError(f"--n_eval must be at most 30 (BAIR sequences have 30 frames), got {self.n_eval}")
+            raise ConfigError(f"--n_eval must be at most 30 (BAIR sequences have 30 frames), got {self.n_eval}")
         if self.data == "tfds" and self.DR is not None:
-            raise ValueError("--DR is the processed-folder root; with --data tfds use --data_dir")
+            raise ConfigError("--DR is the processed-folder root; with --data tfds use --data_dir")
 
     @property
     def data_source(self) -> str:
@@ -250,9 +251,9 @@ PRESET_NAMES = sorted({name for by_model in PRESETS.values() for name in by_mode
 def preset(name: str, model: str | None = None) -> Config:
     """A preset by name; `model` picks between same-named ones (cpu), else lab4's."""
     if model is not None and model not in PRESETS:
-        raise ValueError(f"--model must be one of {list(PRESETS)}, got {model!r}")
+        raise ConfigError(f"--model must be one of {list(PRESETS)}, got {model!r}")
     owners = [m for m in PRESETS if name in PRESETS[m]] if model is None else [model]
     if not owners or name not in PRESETS[owners[0]]:
         known = {m: sorted(p) for m, p in PRESETS.items()}
-        raise ValueError(f"--preset {name!r} is not one of {known} (for --model {model or 'any'})")
+        raise ConfigError(f"--preset {name!r} is not one of {known} (for --model {model or 'any'})")
     return PRESETS[owners[0]][name]()

@@ -19,6 +19,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from cvae_jax.errors import ConfigError
+
 # `--distributed` values: "auto" lets JAX detect the cluster (Slurm, Open MPI, Cloud TPU,
 # Kubernetes); the others name one detection method (mpi4py must be named to be used).
 CLUSTER_METHODS = ("auto", "slurm", "ompi", "mpi4py", "k8s")
@@ -36,16 +38,16 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """
     if cluster is None and (num_processes is None or num_processes == 1):
         if coordinator is not None or process_id not in (None, 0):
-            raise ValueError("--coordinator and --process_id need --num_processes > 1 (or --distributed)")
+            raise ConfigError("--coordinator and --process_id need --num_processes > 1 (or --distributed)")
         return False
     if cluster is not None and cluster not in CLUSTER_METHODS:
-        raise ValueError(f"--distributed must be one of {', '.join(CLUSTER_METHODS)}, got {cluster!r}")
+        raise ConfigError(f"--distributed must be one of {', '.join(CLUSTER_METHODS)}, got {cluster!r}")
     if cluster is None and (coordinator is None or process_id is None):
-        raise ValueError(f"--num_processes {num_processes} needs --coordinator HOST:PORT (process 0's "
+        raise ConfigError(f"--num_processes {num_processes} needs --coordinator HOST:PORT (process 0's "
                          "address) and --process_id; or --distributed auto to read them from Slurm or "
                          "Open MPI")
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
-        raise ValueError(f"--process_id {process_id} must be in 0..{num_processes - 1} "
+        raise ConfigError(f"--process_id {process_id} must be in 0..{num_processes - 1} "
                          f"(--num_processes {num_processes})")
     if jax.config.jax_cpu_collectives_implementation is None:  # no CPU collectives without it
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

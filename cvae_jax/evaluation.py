@@ -18,6 +18,7 @@ from cvae_jax import media, metrics, plots
 from cvae_jax.checkpointing import load_checkpoint
 from cvae_jax.data import dance_folder
 from cvae_jax.data.dance import cache_root, dataset_root
+from cvae_jax.errors import ConfigError
 from cvae_jax.svg_evaluation import evaluate_svg
 
 
@@ -47,13 +48,13 @@ def evaluate(run, DR=None, split="val", num_samples=None, z_mode=None, which="be
     svg = model.config.model == "svg"
     num_samples = num_samples if num_samples is not None else (5 if svg else 1)
     if num_samples < 1:
-        raise ValueError(f"--num_samples must be at least 1, got {num_samples}")
+        raise ConfigError(f"--num_samples must be at least 1, got {num_samples}")
     changes = {k: v for k, v in (("DR", None if DR is None else str(DR)), ("data", data),
                                  ("data_dir", data_dir), ("n_future", n_future)) if v is not None}
     if changes.get("data") == "tfds":
         changes["DR"] = None  # the run's folder root, if any, does not apply to TFDS
     if "n_future" in changes and not svg:
-        raise ValueError("--n_future applies to svg runs; lab4 generates whole videos")
+        raise ConfigError("--n_future applies to svg runs; lab4 generates whole videos")
     cfg = model.config.replace(**changes).validated()
     out = pathlib.Path(out) if out else pathlib.Path(run) / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)

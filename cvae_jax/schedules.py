@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cvae_jax.errors import ConfigError
+
 KL_ANNEAL_TYPES = ("Cyclical", "Monotonic", "None")
 LR_SCHEDULES = ("multistep", "constant", "cosine")
 
@@ -49,7 +51,7 @@ def _check_choice(value: str, choices: tuple[str, ...], flag: str) -> str:
     try:
         return by_lower[str(value).lower()]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"{flag} must be one of {', '.join(choices)} (any case), got {value!r}"
         ) from None
 
@@ -120,7 +122,7 @@ def kl_beta(
     if n_iter < 1 or n_cycle < 1:
         raise ValueError(f"need n_iter >= 1 and n_cycle >= 1, got {n_iter=}, {n_cycle=}")
     if not ratio > 0:
-        raise ValueError(f"--kl_anneal_ratio must be > 0, got {ratio}")
+        raise ConfigError(f"--kl_anneal_ratio must be > 0, got {ratio}")
     if t < 0:
         raise ValueError(f"t must be >= 0, got {t}")
     if start > stop:

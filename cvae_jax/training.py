@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from cvae_jax import checkpointing, data as datasets, distributed, media, metrics, plots, schedules
 from cvae_jax.config import Config
+from cvae_jax.errors import ConfigError, RunExistsError
 from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_step
 
 
@@ -134,20 +135,20 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
         run_dir = new_run_dir(cfg)
         ckpts = run_dir / "checkpoints"
         if ckpts.is_dir() and any(ckpts.iterdir()):
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
+            raise RunExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
                                   "or choose another --run_name")
     records = _read_records(run_dir)
     mesh = data_mesh()
     if cfg.batch_size % mesh.size:
         where = f" of the {jax.process_count()} processes" if jax.process_count() > 1 else ""
-        raise ValueError(f"--batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices{where}")
+        raise ConfigError(f"--batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices{where}")
+    data = datasets.load(cfg, log=log)  # a bad dataset stops the run before it has a folder
     distributed.sync("cvae_jax: run folder read")  # before process 0 writes into it
     if main:
         checkpointing.save_config(run_dir, cfg)
     batch_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
 
-    data = datasets.load(cfg, log=log)
     n_total = total_steps(cfg, data)
     base_key = jax.random.key(cfg.seed)
     graphdef, state = init_state(cfg, jax.random.fold_in(base_key, 0))

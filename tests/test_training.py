@@ -431,17 +431,50 @@ def test_cache_counts_are_per_run_and_counted_once(tmp_path, monkeypatch):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
 
 
+def _entry_point(name: str):
+    """train.py or evaluate.py as a module, for calling its main() in this process."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"{name}_entry", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("argv,message", [(["--precision", "fp16"], "--precision must be one of"),
                                           (["--conv_impl", "cudnn"], "--conv_impl must be one of"),
                                           (["--batch_size", "0"], "--batch_size must be positive")])
 def test_bad_config_flag_is_a_usage_error(capsys, argv, message):
     """A value the Config rejects stops train.py before any work, as argparse's own errors
     do: usage, the flag and what it expects, exit status 2, no traceback."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("train_entry", ROOT / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
     with pytest.raises(SystemExit) as exit_:
-        train.main(argv)
+        _entry_point("train").main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"train.py: error: {message}" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def keep_cache_config():
+    """The entry points switch on train.py's compilation cache; put the suite's back."""
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    yield
+    jax.config.update("jax_compilation_cache_dir", saved[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+
+
+@pytest.mark.parametrize("entry,argv,message", [
+    ("train", ["--DR", "{tmp}/nowhere"], "dataset root {tmp}/nowhere is not a folder"),
+    ("train", ["--resume", "{tmp}"], "{tmp}/config.json not found: is {tmp} a cvae-jax run folder"),
+    ("train", ["--num_processes", "2"], "--num_processes 2 needs --coordinator HOST:PORT"),
+    ("evaluate", ["--run", "{tmp}"], "{tmp}/config.json not found"),
+])
+def test_bad_input_is_a_one_line_error(capsys, tmp_path, keep_cache_config, entry, argv, message):
+    """A missing dataset, a folder that is no run, launch flags that do not fit: the entry
+    point says what it expected in one line, exit status 2, no traceback, and a new run
+    leaves no run folder behind."""
+    fill = lambda text: text.replace("{tmp}", str(tmp_path))  # noqa: E731
+    with pytest.raises(SystemExit) as exit_:
+        _entry_point(entry).main([*map(fill, argv), *(["--save_root", str(tmp_path / "runs")] if entry == "train" else [])])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert f"{entry}.py: error: {fill(message)}" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -21,7 +21,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from cvae_jax.data.dance_folder import DatasetError
+from cvae_jax.errors import DatasetError
 
 __all__ = ["BairFolder", "write_sequence", "SPLITS", "FRAME_HW", "COND_DIM"]
 

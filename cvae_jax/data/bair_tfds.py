@@ -16,7 +16,7 @@ from unittest import mock
 
 import numpy as np
 
-from cvae_jax.data.dance_folder import DatasetError
+from cvae_jax.errors import DatasetError
 
 __all__ = ["BairTFDS", "prepare_from_raw", "NAME", "SPLITS", "CAMERAS"]
 

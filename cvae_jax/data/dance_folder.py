@@ -32,6 +32,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from cvae_jax.errors import DatasetError
+
 __all__ = [
     "DatasetError",
     "load_split",
@@ -56,10 +58,6 @@ LAYOUT_HELP = (
 _MAX_LISTED = 5
 _FRAME_NAME = re.compile(r"^(?:frame)?(\d+)$", re.IGNORECASE)
 _WHITE = (255, 255, 255)
-
-
-class DatasetError(ValueError):
-    """The dataset on disk does not match the reference layout or contents."""
 
 
 # --------------------------------------------------------------------------- arguments
