@@ -12,18 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
-from benchmarks.torch_ref import lab4 as tlab4
-from benchmarks.torch_ref import svg as tsvg
-from conftest import random_model
-from cvae_jax.config import preset
-from cvae_jax.layers import count_params
-from cvae_jax.models import lab4, svg
-from cvae_jax.models.lab4 import Lab4CVAE
-
 pytestmark = pytest.mark.torch
+torch = pytest.importorskip("torch")  # the torch extra; `-m "not torch"` runs without it
+
+from benchmarks.torch_ref import lab4 as tlab4  # noqa: E402
+from benchmarks.torch_ref import svg as tsvg  # noqa: E402
+from conftest import random_model  # noqa: E402
+from cvae_jax.config import preset  # noqa: E402
+from cvae_jax.layers import count_params  # noqa: E402
+from cvae_jax.models import lab4, svg  # noqa: E402
+from cvae_jax.models.lab4 import Lab4CVAE  # noqa: E402
 
 # F, L at the reference values: the template derives the encoder widths from them
 # (F/8, F/4, F/2 and L/2), which cvae-jax fixes at 16/32/64 and 16. No output sigmoid
