@@ -32,7 +32,7 @@ def load_config(run_dir) -> Config:
     path = pathlib.Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RunFolderError(f"{path} not found: is {run_dir} a cvae-jax run folder "
-                                "(made by train.py)?")
+                             "(made by train.py)?")
     return Config.from_json(json.loads(path.read_text()))
 
 

@@ -161,7 +161,7 @@ class Config:
             raise ConfigError(f"--N_dim must be a multiple of 4 (the posterior narrows to N/4 and N/2), got {self.N_dim}")
         if (self.F_dim + self.L_dim + self.N_dim) % 4 or self.D_out_dim % 16:
             raise ConfigError("--F_dim + --L_dim + --N_dim must be a multiple of 4 and --D_out_dim of 16 "
-                             f"(the fusion and generator halve them), got {self.F_dim}+{self.L_dim}+{self.N_dim}, {self.D_out_dim}")
+                              f"(the fusion and generator halve them), got {self.F_dim}+{self.L_dim}+{self.N_dim}, {self.D_out_dim}")
         for name in ("partial", "fast_partial", "kl_anneal_ratio"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"--{name} must be in (0, 1], got {getattr(self, name)}")
@@ -172,13 +172,13 @@ class Config:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.beta < 0 or self.grad_clip < 0 or not 0 <= self.beta1 < 1:
             raise ConfigError(f"--beta and --grad_clip must be >= 0 and --beta1 in [0, 1), got "
-                             f"{self.beta}, {self.grad_clip}, {self.beta1}")
+                              f"{self.beta}, {self.grad_clip}, {self.beta1}")
         return self
 
     def _validate_svg(self) -> None:
         if self.n_past + self.n_future > self.n_eval:
             raise ConfigError(f"--n_past + --n_future ({self.n_past} + {self.n_future}) must not exceed "
-                             f"--n_eval ({self.n_eval}), the frames loaded per sequence")
+                              f"--n_eval ({self.n_eval}), the frames loaded per sequence")
         if self.n_eval > 30:
             raise ConfigError(f"--n_eval must be at most 30 (BAIR sequences have 30 frames), got {self.n_eval}")
         if self.data == "tfds" and self.DR is not None:

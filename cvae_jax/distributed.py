@@ -44,11 +44,11 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise ConfigError(f"--distributed must be one of {', '.join(CLUSTER_METHODS)}, got {cluster!r}")
     if cluster is None and (coordinator is None or process_id is None):
         raise ConfigError(f"--num_processes {num_processes} needs --coordinator HOST:PORT (process 0's "
-                         "address) and --process_id; or --distributed auto to read them from Slurm or "
-                         "Open MPI")
+                          "address) and --process_id; or --distributed auto to read them from Slurm or "
+                          "Open MPI")
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise ConfigError(f"--process_id {process_id} must be in 0..{num_processes - 1} "
-                         f"(--num_processes {num_processes})")
+                          f"(--num_processes {num_processes})")
     if jax.config.jax_cpu_collectives_implementation is None:  # no CPU collectives without it
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(

@@ -136,7 +136,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
         ckpts = run_dir / "checkpoints"
         if ckpts.is_dir() and any(ckpts.iterdir()):
             raise RunExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
-                                  "or choose another --run_name")
+                                 "or choose another --run_name")
     records = _read_records(run_dir)
     mesh = data_mesh()
     if cfg.batch_size % mesh.size:
