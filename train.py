@@ -16,8 +16,8 @@ from cvae_jax.training import train_and_evaluate
 def main(argv=None):
     parser = train_parser()
     args = parser.parse_args(argv)
-    cfg = None if args.resume else config_from_args(args, parser)  # bad flags fail here, first
     with input_errors_as_usage(parser.prog):
+        cfg = None if args.resume else config_from_args(args)  # bad flags fail here, first
         init_distributed(args)  # before anything touches a device
         enable_compilation_cache()
         try:

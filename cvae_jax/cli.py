@@ -17,6 +17,7 @@ import types
 import typing
 
 from cvae_jax.config import PRESET_NAMES, Config, preset
+from cvae_jax.errors import InputError
 
 FLAG_HELP = {
     "DR": "dataset root in the reference layout; omit for the built-in synthetic dance",
@@ -128,9 +129,9 @@ def init_distributed(args: argparse.Namespace) -> bool:
                                   args.local_device_ids, args.distributed)
 
 
-def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> Config:
-    """The run's Config: the preset, then the flags given. With `parser`, a value the
-    Config rejects ends the program as a usage error naming the flag (exit status 2)."""
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The run's Config: the preset, then the flags given. A value the Config rejects
+    raises `errors.ConfigError` naming the flag (`input_errors_as_usage` reports it)."""
     overrides = {k: v for k, v in vars(args).items()
                  if k in {f.name for f in dataclasses.fields(Config)} and k != "preset"}
     if "lr_milestones" in overrides:
@@ -139,12 +140,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser |
         base = preset("cpu", overrides.get("model", "lab4"))
     else:
         base = preset(args.preset, overrides.get("model"))
-    try:
-        return base.replace(**overrides).validated()
-    except ValueError as e:
-        if parser is None:
-            raise
-        parser.error(str(e))
+    return base.replace(**overrides).validated()
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -211,7 +207,6 @@ def input_errors_as_usage(prog: str):
     """An `errors.InputError` (a bad dataset, run folder or flag value) ends the program
     as argparse ends it for a bad flag: `prog: error: message`, exit status 2, no
     traceback unless CVAE_JAX_TRACEBACK=1. Every other exception propagates unchanged."""
-    from cvae_jax.errors import InputError
     try:
         yield
     except InputError as e:

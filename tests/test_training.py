@@ -414,21 +414,25 @@ def test_train_py_end_to_end(workdir):
     assert reused and int(reused.group(1)) > 0, again.stdout
 
 
-def test_cache_counts_are_per_run_and_counted_once(tmp_path, monkeypatch):
+@pytest.fixture
+def keep_cache_config():
+    """The entry points switch on train.py's compilation cache; put the suite's back."""
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    yield
+    jax.config.update("jax_compilation_cache_dir", saved[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+
+
+def test_cache_counts_are_per_run_and_counted_once(tmp_path, monkeypatch, keep_cache_config):
     """A notebook running train.main twice: the second summary counts its own events, once each."""
     from cvae_jax import cli
     monkeypatch.setenv("CVAE_JAX_CACHE", str(tmp_path / "data"))
-    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    try:
-        cli.enable_compilation_cache()
-        jax.monitoring.record_event("/jax/compilation_cache/cache_hits")
-        cli.enable_compilation_cache()
-        jax.monitoring.record_event("/jax/compilation_cache/compile_requests_use_cache")
-        jax.monitoring.record_event("/jax/compilation_cache/cache_hits")
-        assert "compiled programs: 1 of 1 loaded" in cli.compilation_cache_summary()
-    finally:
-        jax.config.update("jax_compilation_cache_dir", saved[0])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+    cli.enable_compilation_cache()
+    jax.monitoring.record_event("/jax/compilation_cache/cache_hits")
+    cli.enable_compilation_cache()
+    jax.monitoring.record_event("/jax/compilation_cache/compile_requests_use_cache")
+    jax.monitoring.record_event("/jax/compilation_cache/cache_hits")
+    assert "compiled programs: 1 of 1 loaded" in cli.compilation_cache_summary()
 
 
 def _entry_point(name: str):
@@ -445,20 +449,11 @@ def _entry_point(name: str):
                                           (["--batch_size", "0"], "--batch_size must be positive")])
 def test_bad_config_flag_is_a_usage_error(capsys, argv, message):
     """A value the Config rejects stops train.py before any work, as argparse's own errors
-    do: usage, the flag and what it expects, exit status 2, no traceback."""
+    do: the flag and what it expects, exit status 2, no traceback."""
     with pytest.raises(SystemExit) as exit_:
         _entry_point("train").main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"train.py: error: {message}" in err and "Traceback" not in err
-
-
-@pytest.fixture
-def keep_cache_config():
-    """The entry points switch on train.py's compilation cache; put the suite's back."""
-    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    yield
-    jax.config.update("jax_compilation_cache_dir", saved[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
 
 
 @pytest.mark.parametrize("entry,argv,message", [
