@@ -19,7 +19,6 @@ added to the training step's own for this variant's compile); "" is the preset u
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import sys
@@ -33,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import _timing as tm  # noqa: E402
-from cvae_jax.config import Config, preset  # noqa: E402
+from cvae_jax.config import FLAGS, Config, field_of, preset  # noqa: E402
 from cvae_jax.train_step import Schedule, init_state, make_train_step  # noqa: E402
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -43,7 +42,7 @@ def parse_variant(text: str) -> dict[str, Any]:
     """'batched_wgrad=false,scan_unroll=4' -> {'batched_wgrad': False, 'scan_unroll': 4}, each
     value converted to the type of the field's default; an XLA option keeps its text (XLA
     parses it, and names the option when it cannot)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    defaults = {flag: field_of(flag).default for flag in FLAGS}
     changes: dict[str, Any] = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
         name, sep, raw = pair.partition("=")

@@ -57,7 +57,8 @@ from benchmarks import _timing as tm  # noqa: E402
 from benchmarks.torch_ref import lab4 as tlab4  # noqa: E402
 from benchmarks.torch_ref import svg as tsvg  # noqa: E402
 from cvae_jax.config import Config, preset  # noqa: E402
-from cvae_jax.train_step import Schedule, init_state, make_generate, make_predict, make_train_step  # noqa: E402
+from cvae_jax.lab4_evaluation import make_generate  # noqa: E402
+from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_step  # noqa: E402
 
 PRESETS = {"lab4": ("lab4", "cpu"), "svg": ("bair", "cpu")}
 JAX_WIDTHS = dict(frame_widths=(16, 32, 64), pose_hidden=16)  # cvae-jax fixes these
@@ -155,7 +156,7 @@ def lab4_workloads(name: str, s: Sizes) -> Iterator[Workload]:
 
     n = s.gen_frames
     first, gposes = _uniform(rng, 1, h, w, 3), _uniform(rng, 1, n, h, w, 3)
-    jargs = (state.params, state.batch_stats, jnp.asarray(first), jnp.asarray(gposes), keys[0])
+    jargs = (state.params, state.batch_stats, (jnp.asarray(first), jnp.asarray(gposes)), keys[0])
     gen_c, gen_compile_s = _compile(make_generate(graphdef, cfg), *jargs)
     tfirst, tgposes = _nchw(first), _nchw(gposes)
     assert gen_c(*jargs).shape == (1, n, h, w, 3)

@@ -1,8 +1,9 @@
-"""Command lines of train.py and evaluate.py.
+"""The train and evaluate commands (`train.py`, `cvae-jax-train`, `python -m cvae_jax train`).
 
-Every Config field is a flag of the same name (the reference trainers' names), so
-`--tfr 0.5 --kl_anneal_type Monotonic` read as they do in the course code. A preset gives
-the defaults; flags given on the command line override them.
+Every config field is a flag of the same name (the reference trainers' names), so
+`--tfr 0.5 --kl_anneal_type Monotonic` read as they do in the course code, grouped by the
+config's sections in `--help`. A preset gives the defaults; flags given on the command line
+override them; a flag of another model is a usage error.
 """
 
 from __future__ import annotations
@@ -11,48 +12,15 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import traceback
 import types
 import typing
 
-from cvae_jax.config import PRESET_NAMES, Config, preset
-from cvae_jax.errors import InputError
-
-FLAG_HELP = {
-    "DR": "dataset root in the reference layout; omit for the built-in synthetic dance",
-    "tfr": "initial teacher-forcing ratio", "tfr_sde": "epoch at which the ratio starts to decay",
-    "tfr_d_step": "teacher-forcing decay per epoch", "tfr_floor": "lowest teacher-forcing ratio",
-    "tf_mode": "teacher-forcing draw: once per epoch (reference), per clip, per frame, or blend",
-    "tfr_adaptive": "lower the ratio by --tfr_d_step whenever validation PSNR improves",
-    "kl_anneal_type": "Cyclical, Monotonic or None", "kl_anneal_per": "anneal beta per epoch or per step",
-    "bn_mode": "pose BatchNorm at generation: running averages, or per-step batch statistics (reference)",
-    "output_sigmoid": "squash generator output into [0, 1] (off = reference)",
-    "smooth_weight": "weight of the temporal-difference MSE term",
-    "steps_per_epoch": "cap on batches per epoch (default: one pass over the clips)",
-    "scan_unroll": "rollout steps per loop iteration in training (XLA CPU is faster unrolled)",
-    "batched_wgrad": "lab4 training: the 1x1 layers' weight gradients as one GEMM over all "
-                     "steps, not one per step (CPU kernels only; not under --remat; costs a copy "
-                     "of their inputs and output gradients)",
-    "conv_impl": "convolutions: custom (cvae_jax/kernels.py, fast on XLA CPU), xla, or auto (custom on CPU only)",
-    "per_save": "checkpoint every N epochs", "keep_last": "checkpoints kept besides the best",
-    "model": "lab4 (pose-conditioned CVAE) or svg (action-conditioned SVG on BAIR)",
-    "data": "synthetic (built in), folder (--DR) or tfds (--data_dir; svg only)",
-    "data_dir": "TFDS data_dir holding a prepared bair_robot_pushing_small",
-    "camera": "BAIR camera read from TFDS", "prior": "svg: fixed N(0, I) prior (SVG-FP) or learned (SVG-LP)",
-    "vgg_width": "svg: channels of the first VGG stage (64 = reference)",
-    "last_frame_skip": "svg: decoder skips from the previous frame instead of the last context frame",
-    "skip_compat": "svg: skips from frame n_past-2 as edenton/svg's loops do (for its published numbers)",
-    "beta": "KL weight that annealing ramps to (the constant weight with --kl_anneal_type None)",
-    "beta1": "Adam beta1", "grad_clip": "clip gradients to this global norm (0: off)",
-    "val_sequences": "svg: validate on at most this many sequences",
-}
-
-# The SVG course trainer's flag names for the same settings.
-ALIASES = {"tfr_sde": ["tfr_start_decay_epoch"], "tfr_d_step": ["tfr_decay_step"],
-           "tfr_floor": ["tfr_lower_bound"], "steps_per_epoch": ["epoch_size"],
-           "num_epoch": ["niter"], "DR": ["data_root"]}
-
+from cvae_jax.config import (COMMON_SECTIONS, FLAGS, MODEL_SECTIONS, MODELS, PRESET_NAMES, PRESETS,
+                             RESUME_FLAGS, Config, flag_name, preset)
+from cvae_jax.errors import ConfigError, InputError
 
 class _Cyclical(argparse.Action):
     """--kl_anneal_cyclical / --no-kl_anneal_cyclical: the SVG trainer's switch between
@@ -62,42 +30,102 @@ class _Cyclical(argparse.Action):
         namespace.kl_anneal_type = "Monotonic" if option_string.startswith("--no-") else "Cyclical"
 
 
-def _field_type(field: dataclasses.Field):
-    hint = typing.get_type_hints(Config)[field.name]
+def _value_type(field: dataclasses.Field, section: type):
+    hint = typing.get_type_hints(section)[field.name]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
         return next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    for field in dataclasses.fields(Config):
-        if field.name in ("preset",):
-            continue
-        typ = _field_type(field)
-        names = [f"--{n}" for n in [field.name] + ALIASES.get(field.name, [])]
-        kwargs = dict(default=argparse.SUPPRESS, help=FLAG_HELP.get(field.name), dest=field.name)
+def _shown(value) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def _help(field: dataclasses.Field, default) -> str:
+    """The field's one line and its default (from the preset in force); the choices are
+    the flag's metavar."""
+    return f"{field.metadata['help']} (default: {_shown(default)})".replace("%", "%%")
+
+
+def _preset_for(model: str, name: str | None) -> Config:
+    """The defaults `--model model --preset name` would start from (cpu where the model
+    has no preset of that name), for the help text."""
+    return preset(name if name in PRESETS[model] else "cpu", model)
+
+
+def _add_section(parser, title: str, section: type, base: Config | None, visible: bool) -> None:
+    group = parser.add_argument_group(title)
+    for f in section.options():
+        flag = flag_name(f)
+        typ = _value_type(f, section)
+        names = [f"--{n}" for n in (flag, *f.metadata["aliases"])]
+        default = base.flat()[flag] if base is not None else f.default
+        kwargs = dict(default=argparse.SUPPRESS, dest=flag,
+                      help=_help(f, default) if visible else argparse.SUPPRESS)
         if typ is bool:
-            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(typ) is tuple:
-            parser.add_argument(*names, type=int, nargs="+", **kwargs)
+            group.add_argument(*names, type=int, nargs="+", metavar="EPOCH", **kwargs)
         else:
-            parser.add_argument(*names, type=typ, **kwargs)
-    parser.add_argument("--kl_anneal_cyclical", "--no-kl_anneal_cyclical", action=_Cyclical, nargs=0,
-                        default=argparse.SUPPRESS, help="KL annealing cyclical (else monotonic), "
-                        "as the SVG trainer's flag; same as --kl_anneal_type Cyclical/Monotonic")
+            metavar = "{" + ",".join(c for c in f.metadata["choices"] if c) + "}" if f.metadata["choices"] else None
+            group.add_argument(*names, type=typ, metavar=metavar, **kwargs)
+        if flag == "kl_anneal_type":
+            group.add_argument("--kl_anneal_cyclical", "--no-kl_anneal_cyclical", action=_Cyclical, nargs=0,
+                               default=argparse.SUPPRESS, help="the SVG trainer's switch: --kl_anneal_type "
+                               "Cyclical, or Monotonic with --no-" if visible else argparse.SUPPRESS)
 
 
-def train_parser() -> argparse.ArgumentParser:
+def add_config_flags(parser: argparse.ArgumentParser, model: str | None = None,
+                     preset_name: str | None = None) -> None:
+    """Every config field as a flag, grouped by section. Help defaults come from the preset
+    that `--model model --preset preset_name` selects; with a model given, the other
+    models' flags are accepted (to be refused by name) but not listed."""
+    shown = model or "lab4"
+    base = _preset_for(shown, preset_name)
+    for attr, section in COMMON_SECTIONS.items():
+        if attr == "execution":
+            continue
+        _add_section(parser, section.title, section, base, True)
+    for name, section in MODEL_SECTIONS.items():
+        visible = model is None or model == name
+        title = f"{section.title} (--model {name})"
+        _add_section(parser, title, section, _preset_for(name, preset_name) if visible else None, visible)
+    _add_section(parser, COMMON_SECTIONS["execution"].title, COMMON_SECTIONS["execution"], base, True)
+
+
+def _selection(argv) -> tuple[str | None, str | None]:
+    """--model and --preset as given (for the help text's defaults), before the full parse."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    pre.add_argument("--preset")
+    known, _ = pre.parse_known_args(argv)
+    return (known.model if known.model in MODELS else None,
+            known.preset if known.preset in PRESET_NAMES else None)
+
+
+def train_parser(argv=None, prog: str = "train.py") -> argparse.ArgumentParser:
+    """The train command's parser; `argv` (default sys.argv) picks the help's model and preset."""
+    model, preset_name = _selection(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(
-        prog="train.py", description="Train a cvae-jax model. With no data flags, trains the CPU "
-        "preset of --model (lab4 by default) on its built-in synthetic dataset.")
-    p.add_argument("--preset", choices=PRESET_NAMES, default=None,
-                   help="defaults to start from: cpu (small, minutes on a laptop; per model), lab4 "
-                   "(Lab4 reference), bair (the SVG course trainer), svg_lp (SVG-LP paper recipe)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its latest checkpoint "
-                   "(its saved config is used; only --num_epoch may change, which stretches cosine LR "
-                   "and per-step KL schedules)")
-    add_config_flags(p)
+        prog=prog, usage="%(prog)s [--model {" + ",".join(MODELS) + "}] [--preset P] [--resume RUN_DIR] [FLAG ...]",
+        description="Train a cvae-jax model. With no data flags, trains the cpu preset of "
+        "--model (lab4 by default) on its built-in synthetic dataset. Defaults shown are those of "
+        f"--model {model or 'lab4'} --preset {preset_name or 'cpu'}; --model M --help lists only M's flags.")
+    common = p.add_argument_group("common")
+    common.add_argument("--model", choices=MODELS, metavar="{" + ",".join(MODELS) + "}", default=argparse.SUPPRESS,
+                        help="lab4: the pose-conditioned CVAE; svg: action-conditioned SVG on BAIR (default: lab4)")
+    common.add_argument("--preset", choices=PRESET_NAMES, metavar="{" + ",".join(PRESET_NAMES) + "}", default=None,
+                        help="defaults to start from: cpu (minutes on 2 CPU cores; per model), lab4 (the Lab4 "
+                        "reference trainer), bair (the SVG course trainer, SVG-FP), svg_lp (SVG-LP as "
+                        "published) (default: cpu)")
+    common.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its latest checkpoint "
+                        "with its saved config; only " + ", ".join("--" + f for f in RESUME_FLAGS) +
+                        " may be given with it (default: start a new run)")
+    add_config_flags(p, model, preset_name)
     add_launch_flags(p)
     return p
 
@@ -129,42 +157,87 @@ def init_distributed(args: argparse.Namespace) -> bool:
                                   args.local_device_ids, args.distributed)
 
 
+def given_flags(args: argparse.Namespace) -> dict:
+    """{flag: value} of the config flags given on the command line."""
+    return {k: tuple(v) if k == "lr_milestones" else v for k, v in vars(args).items() if k in FLAGS}
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The run's Config: the preset, then the flags given. A value the Config rejects
-    raises `errors.ConfigError` naming the flag (`input_errors_as_usage` reports it)."""
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in {f.name for f in dataclasses.fields(Config)} and k != "preset"}
-    if "lr_milestones" in overrides:
-        overrides["lr_milestones"] = tuple(overrides["lr_milestones"])
-    if args.preset is None:
-        base = preset("cpu", overrides.get("model", "lab4"))
-    else:
-        base = preset(args.preset, overrides.get("model"))
-    return base.replace(**overrides).validated()
+    """The run's Config: the preset, then the flags given. A value the Config rejects, or
+    a flag of another model, raises `errors.ConfigError` naming the flag
+    (`input_errors_as_usage` reports it)."""
+    model = getattr(args, "model", None)
+    base = preset("cpu", model or "lab4") if args.preset is None else preset(args.preset, model)
+    return base.replace(**given_flags(args)).validated()
 
 
-def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evaluate.py", description="Score a run on a split: lab4 rolls "
-                                "out every video from its first frame and poses (PSNR per frame); svg "
+def evaluate_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Score a run on a split: lab4 rolls out every "
+                                "video from its first frame and poses (PSNR and SSIM per frame); svg "
                                 "predicts n_future frames after n_past context frames (PSNR and SSIM "
                                 "per frame, both definitions, best of N samples and their mean).")
-    p.add_argument("--run", required=True, help="run folder made by train.py")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder made by train.py (required)")
     p.add_argument("--DR", "--data_root", dest="DR", help="dataset root (default: the one the run trained on)")
     p.add_argument("--data", choices=("synthetic", "folder", "tfds"), help="data source (default: the run's)")
-    p.add_argument("--data_dir", help="svg: TFDS data_dir (with --data tfds)")
+    p.add_argument("--data_dir", help="svg: TFDS data_dir, with --data tfds (default: the run's)")
     p.add_argument("--split", choices=("val", "test"), default="val",
-                   help="val (svg: the validate folder, or TFDS test) or test")
+                   help="val (svg: the validate folder, or TFDS test) or test (default: val)")
     p.add_argument("--n_future", type=int, help="svg: frames to predict after the context "
                    "(default: the run's, 10 like the course; 28 for the paper protocol)")
-    p.add_argument("--num_samples", type=int, help="z samples per sequence (default 1 for lab4; "
+    p.add_argument("--num_samples", type=int, help="z samples per sequence (default: 1 for lab4; "
                    "5 for svg, scored as best of N by mean SSIM and as the mean over N)")
-    p.add_argument("--z_mode", choices=("sample", "mean"), help="draw z ~ N(0, I) or use its mean")
-    p.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint to restore")
+    p.add_argument("--z_mode", choices=("sample", "mean"), help="draw z from the prior or use its mean "
+                   "(default: the run's)")
+    p.add_argument("--which", choices=("best", "latest"), default="best",
+                   help="checkpoint to restore (default: best)")
     p.add_argument("--save_frames", metavar="OUT.npz", help="save predictions as npz array 'pred' "
-                   "(videos, frames, H, W, 3), float32 in [0, 1]")
+                   "(videos, frames, H, W, 3), float32 in [0, 1] (default: not saved)")
     p.add_argument("--out", help="output folder (default: <run>/eval_<split>)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the z draws")
+    p.add_argument("--seed", type=int, default=0, help="seed of the z draws (default: 0)")
     return p
+
+
+def train_main(argv=None, prog: str = "cvae-jax-train"):
+    """The train command; returns the run folder. SIGTERM: checkpoint, then exit 143."""
+    from cvae_jax.distributed import Preempted, is_main
+    from cvae_jax.training import train_and_evaluate
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = train_parser(argv, prog)
+    args = parser.parse_args(argv)
+    with input_errors_as_usage(parser.prog):
+        given = given_flags(args)
+        if args.resume:
+            chosen = [f"--{k}" for k in ("model", "preset") if getattr(args, k, None) is not None]
+            if chosen:
+                raise ConfigError(f"{chosen[0]} cannot be given with --resume: the run's saved config fixes it")
+            fixed = [f for f in given if f not in RESUME_FLAGS]
+            if fixed:
+                raise ConfigError(f"--{fixed[0]} cannot change on --resume ({args.resume}'s config.json fixes "
+                                  f"it); only {', '.join('--' + f for f in RESUME_FLAGS)} may be given with it")
+        cfg = None if args.resume else config_from_args(args)  # bad flags fail here, first
+        init_distributed(args)  # before anything touches a device
+        enable_compilation_cache()
+        try:
+            run_dir = (train_and_evaluate(resume=args.resume, **given) if args.resume
+                       else train_and_evaluate(cfg))
+        except Preempted:  # saved and logged; the exit status of a process ended by SIGTERM
+            sys.exit(128 + signal.SIGTERM)
+        if is_main():
+            print(compilation_cache_summary())
+        return run_dir
+
+
+def evaluate_main(argv=None, prog: str = "cvae-jax-evaluate"):
+    """The evaluate command; returns the evaluation's result dict."""
+    from cvae_jax.evaluation import evaluate
+    parser = evaluate_parser(prog)
+    args = parser.parse_args(argv)
+    enable_compilation_cache()
+    with input_errors_as_usage(parser.prog):
+        return evaluate(args.run, DR=args.DR, split=args.split, num_samples=args.num_samples,
+                        z_mode=args.z_mode, which=args.which, save_frames=args.save_frames,
+                        out=args.out, seed=args.seed, data=args.data, data_dir=args.data_dir,
+                        n_future=args.n_future)
 
 
 MIN_CACHED_COMPILE_S = 1.0  # quicker compiles are not worth a disk entry
@@ -185,8 +258,8 @@ def enable_compilation_cache() -> None:
     global _listening
     import jax
 
-    from cvae_jax.data.dance_folder import default_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir().parent / "xla"))
+    from cvae_jax.data.cache import default_root
+    jax.config.update("jax_compilation_cache_dir", str(default_root() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
     _cache_counts.update(requests=0, hits=0)
     if not _listening:

@@ -22,6 +22,11 @@ def to_uint8(frames) -> np.ndarray:
     return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def to_unit_float(frames: np.ndarray) -> np.ndarray:
+    """uint8 frames -> float32 in [0, 1] (the inverse of `to_uint8` on its grid)."""
+    return frames.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
 def upscale_nearest(frames: np.ndarray, scale: int) -> np.ndarray:
     """Blow each pixel up to scale x scale so 32x64 frames are visible, without blurring."""
     return np.repeat(np.repeat(frames, scale, axis=-3), scale, axis=-2)

@@ -1,4 +1,5 @@
-"""Evaluate an SVG run: predicted frames only, PSNR and SSIM per frame, best of N samples.
+"""SVG evaluation and inference: predicted frames only, PSNR and SSIM per frame, best of
+N samples; and `SVGModel`, the notebook object of a restored SVG run.
 
 Protocol (printed with every number): n_past ground-truth context frames, n_future
 predicted frames scored against the truth; for every sequence N samples of z are drawn
@@ -21,6 +22,9 @@ import numpy as np
 
 from cvae_jax import media, metrics, plots
 from cvae_jax.data.pushing import PushingData
+from cvae_jax.inference import Restored
+from cvae_jax.models import svg
+from cvae_jax.models.vgg64 import IMAGE_SIZE
 
 METRICS = ("psnr_image", "psnr_channel", "ssim_image", "ssim_channel")
 GIF_SEQUENCES = 8
@@ -34,9 +38,38 @@ def _scores(pred, truth) -> dict[str, np.ndarray]:
             "ssim_channel": np.asarray(metrics.ssim_svg(pred, truth))}
 
 
-def evaluate_svg(model, cfg, split: str, num_samples: int, z_mode: str, out: pathlib.Path,
-                 seed: int, save_frames=None, log=print) -> dict:
-    split = {"val": "validate"}.get(split, split)
+class SVGModel(Restored):
+    """A restored SVG run: `future = m.predict(context, cond, key, n_future=10)`."""
+
+    def predict(self, context, cond, key=None, n_future: int | None = None,
+                z_mode: str | None = None) -> np.ndarray:
+        """context (n_past, 64, 64, 3) and cond (>= n_past + n_future, 7), optionally
+        batched, floats (frames in [0, 1]); returns the n_future predicted frames."""
+        cfg = self.config
+        context, cond = np.asarray(context, np.float32), np.asarray(cond, np.float32)
+        single = context.ndim == 4
+        if single:
+            context, cond = context[None], cond[None]
+        n_future = n_future or cfg.n_future
+        frame = (IMAGE_SIZE, IMAGE_SIZE, 3)
+        if (context.ndim != 5 or context.shape[1:] != (cfg.n_past, *frame) or cond.ndim != 3
+                or cond.shape[0] != context.shape[0] or cond.shape[2] != svg.COND_DIM
+                or cond.shape[1] < cfg.n_past + n_future):
+            raise ValueError(f"expected context ({cfg.n_past}, {', '.join(map(str, frame))}) and cond "
+                             f"(>= {cfg.n_past + n_future}, {svg.COND_DIM}) (optionally batched), got "
+                             f"{context.shape} and {cond.shape}")
+        mode = z_mode or cfg.z_mode
+        run = self.compiled(lambda m, batch, k: svg.predict_batch(m, batch, k, cfg, n_future=n_future, z_mode=mode),
+                            cache_key=("predict", n_future, mode))
+        out = run((context, cond), jax.random.key(0) if key is None else key)
+        return out[0] if single else out
+
+
+def evaluate(model: SVGModel, cfg, opts, out: pathlib.Path, log=print) -> dict:
+    """Score every sequence of the split (training may have validated on a subset)."""
+    cfg = cfg.replace(val_sequences=None)
+    split = {"val": "validate"}.get(opts.split, opts.split)
+    num_samples, z_mode, seed, save_frames = opts.num_samples, opts.z_mode or cfg.z_mode, opts.seed, opts.save_frames
     data = PushingData(cfg, log, splits=(split,))
     n_future, n_past = cfg.n_future, cfg.n_past
     base = jax.random.key(seed)

@@ -19,7 +19,6 @@ from flax import nnx
 
 from cvae_jax import kernels, models
 from cvae_jax.config import Config
-from cvae_jax.models import lab4
 from cvae_jax.rollout import teacher_forcing_mask
 
 
@@ -124,25 +123,19 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
     return jit(train_step, cfg, donate_argnums=(0,) if donate else ())
 
 
+def make_model_fn(graphdef, cfg: Config, fn):
+    """Jitted `f(params, batch_stats, inputs, key)` -> `fn(model, inputs, key)` in float32,
+    with the model and inputs at the compute precision: every inference entry point."""
+
+    def call(params, batch_stats, inputs, key):
+        model, inputs = at_precision(graphdef, params, batch_stats, inputs, cfg)
+        return fn(model, inputs, key).astype(jnp.float32)
+
+    return jit(call, cfg)
+
+
 def make_predict(graphdef, cfg: Config, **options):
     """Jitted `predict(params, batch_stats, batch, key)` -> the frames a model is scored on
-    (Lab4: frames 1..T-1 from the first frame and poses; SVG: n_future frames after the
-    context). `options` (n_future, z_mode) are static."""
+    (the family's `predict_batch`). `options` (e.g. n_future, z_mode) are static."""
     fam = models.family(cfg.model)
-
-    def predict(params, batch_stats, batch, key):
-        model, batch = at_precision(graphdef, params, batch_stats, batch, cfg)
-        return fam.predict_batch(model, batch, key, cfg, **options).astype(jnp.float32)
-
-    return jit(predict, cfg)
-
-
-def make_generate(graphdef, cfg: Config):
-    """Jitted Lab4 `generate(params, batch_stats, first_frame, poses, key)` (all frames)."""
-
-    def gen(params, batch_stats, first_frame, poses, key):
-        model, (first_frame, poses) = at_precision(graphdef, params, batch_stats, (first_frame, poses), cfg)
-        return lab4.generate(model, first_frame, poses, key, bn_mode=cfg.bn_mode,
-                             z_mode=cfg.z_mode).astype(jnp.float32)
-
-    return jit(gen, cfg)
+    return make_model_fn(graphdef, cfg, lambda model, batch, key: fam.predict_batch(model, batch, key, cfg, **options))

@@ -25,8 +25,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from cvae_jax import checkpointing, data as datasets, distributed, media, metrics, plots, schedules
-from cvae_jax.config import Config
+from cvae_jax import checkpointing, distributed, media, metrics, models, plots, schedules
+from cvae_jax.config import RESUME_FLAGS, Config, field_of
 from cvae_jax.errors import ConfigError, RunExistsError
 from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_step
 
@@ -112,12 +112,13 @@ def new_run_dir(cfg: Config) -> pathlib.Path:
 
 
 def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
-                       num_epoch: int | None = None, log=print) -> pathlib.Path:
+                       num_epoch: int | None = None, log=print, **resume_changes) -> pathlib.Path:
     """Train (or resume) a run; returns the run folder.
 
-    A resume that raises `num_epoch` continues exactly only for schedules that do not
-    depend on the run length: cosine LR and per-step KL annealing are stretched to the new
-    total from the resumed step on.
+    A resume uses the run's saved config; `num_epoch` and `resume_changes` may change only
+    the flags marked `resume` (`cli.RESUME_FLAGS`). A resume that raises `num_epoch`
+    continues exactly only for schedules that do not depend on the run length: cosine LR
+    and per-step KL annealing are stretched to the new total from the resumed step on.
 
     In a multi-process run every process calls this with the same arguments; only
     process 0 writes files and calls `log`.
@@ -129,7 +130,13 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
         run_dir = pathlib.Path(resume)
         cfg = checkpointing.load_config(run_dir)
         if num_epoch is not None:
-            cfg = cfg.replace(num_epoch=num_epoch)
+            resume_changes["num_epoch"] = num_epoch
+        fixed = sorted(f for f in resume_changes if not field_of(f).metadata["resume"])
+        if fixed:
+            raise ConfigError(f"--{fixed[0]} cannot change on --resume: {run_dir / checkpointing.CONFIG_FILE} "
+                              f"fixes it; only {', '.join('--' + f for f in RESUME_FLAGS)} may change "
+                              "(how long and how, not what, the run computes)")
+        cfg = cfg.replace(**resume_changes).validated()
     else:
         cfg = cfg.validated()
         run_dir = new_run_dir(cfg)
@@ -142,7 +149,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     if cfg.batch_size % mesh.size:
         where = f" of the {jax.process_count()} processes" if jax.process_count() > 1 else ""
         raise ConfigError(f"--batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices{where}")
-    data = datasets.load(cfg, log=log)  # a bad dataset stops the run before it has a folder
+    data = models.family(cfg.model).load_data(cfg, log=log)  # a bad dataset stops the run before it has a folder
     distributed.sync("cvae_jax: run folder read")  # before process 0 writes into it
     if main:
         checkpointing.save_config(run_dir, cfg)

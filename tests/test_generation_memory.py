@@ -8,20 +8,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cvae_jax import kernels
-from cvae_jax.config import Config
+from cvae_jax.config import preset
+from cvae_jax.lab4_evaluation import make_generate
 from cvae_jax.models import lab4
-from cvae_jax.train_step import init_state, make_generate
+from cvae_jax.train_step import init_state
 
 
 def _working_bytes(gen, state, n_frames):
-    compiled = gen.lower(state.params, state.batch_stats, jnp.zeros((1, 8, 16, 3)),
-                         jnp.zeros((1, n_frames, 8, 16, 3)), jax.random.key(0)).compile()
+    compiled = gen.lower(state.params, state.batch_stats, (jnp.zeros((1, 8, 16, 3)),
+                         jnp.zeros((1, n_frames, 8, 16, 3))), jax.random.key(0)).compile()
     mem = compiled.memory_analysis()
     return mem.temp_size_in_bytes - mem.output_size_in_bytes, mem.output_size_in_bytes
 
 
 def test_generation_memory_does_not_grow_with_length():
-    cfg = Config(F_dim=8, L_dim=8, N_dim=4, D_out_dim=16, frame_H=8, frame_W=16)
+    cfg = preset("lab4").replace(F_dim=8, L_dim=8, N_dim=4, D_out_dim=16, frame_H=8, frame_W=16)
     graphdef, state = init_state(cfg, jax.random.key(0))
     gen = make_generate(graphdef, cfg)
     short, short_out = _working_bytes(gen, state, 64)
@@ -35,7 +36,7 @@ def test_lab4_remat_memory_hardly_grows_with_the_clip():
     saves (its features), not by the encoders' activations: from 3 to 7 frames, by under
     a tenth of what they grow without it (measured 1 %; 73 % when the encoders ran batched
     outside the rematerialised scan)."""
-    cfg = Config(F_dim=8, L_dim=8, N_dim=4, D_out_dim=16, frame_H=8, frame_W=16, scan_unroll=1)
+    cfg = preset("lab4").replace(F_dim=8, L_dim=8, N_dim=4, D_out_dim=16, frame_H=8, frame_W=16, scan_unroll=1)
     graphdef, params, rest = nnx.split(lab4.build(cfg, jax.random.key(0)), nnx.Param, ...)
 
     def temp_bytes(remat, clip):

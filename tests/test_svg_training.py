@@ -18,6 +18,7 @@ from cvae_jax.cli import config_from_args, train_parser
 from cvae_jax.config import preset
 from cvae_jax.data import pushing
 from cvae_jax.data.bair_folder import write_sequence
+from cvae_jax.svg_evaluation import SVGModel
 from cvae_jax.train_step import make_predict
 from cvae_jax.training import train_and_evaluate
 from test_training import QUIET, leaves, restored, subprocess_env
@@ -149,14 +150,14 @@ def test_prediction_uses_running_stats_and_is_per_sequence(one_epoch_run):
 def test_best_of_n_selection(one_epoch_run, workdir, monkeypatch):
     """Best = the sample with the highest mean SSIM, per sequence; mean = over samples."""
     from cvae_jax.evaluation import evaluate
-    predict = checkpointing.Generator.predict
+    predict = SVGModel.predict
 
     def noisy(self, context, cond, key=None, **kw):
         """A toy model's samples differ below float resolution; make them differ visibly."""
         out = predict(self, context, cond, key, **kw)
         return np.clip(out + 0.05 * np.asarray(jax.random.normal(key, out.shape)), 0, 1)
 
-    monkeypatch.setattr(checkpointing.Generator, "predict", noisy)
+    monkeypatch.setattr(SVGModel, "predict", noisy)
     res = evaluate(one_epoch_run, num_samples=4, log=QUIET, out=workdir / "sel_eval")
     s = res["scores"]  # (sequences, samples, frames)
     assert s["ssim_channel"].shape == (3, 4, 3)
@@ -185,7 +186,7 @@ def test_resume_is_bit_exact_and_checkpoint_predicts(bair_root, workdir):
     np.testing.assert_array_equal(out, model.predict(ctx, cond, jax.random.key(1), n_future=4))
     with pytest.raises(ValueError, match="cond"):
         model.predict(ctx, cond[:3], n_future=4)
-    with pytest.raises(TypeError, match="predict"):
+    with pytest.raises(AttributeError, match=r"SVGModel \(a --model svg run.*no 'generate'; it offers .*'predict'"):
         model.generate(ctx[0], ctx)
 
 

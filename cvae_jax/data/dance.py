@@ -15,6 +15,7 @@ import numpy as np
 from cvae_jax import metrics
 from cvae_jax.config import Config
 from cvae_jax.data import dance_folder
+from cvae_jax.data.cache import cache_root
 from cvae_jax.data.synthetic_dance import SyntheticDanceSpec, ensure_synthetic
 
 
@@ -60,10 +61,6 @@ class DanceData:
         """prediction (with the given first frame) | ground truth | pose."""
         full = np.concatenate([self.val_frames[video, :1], pred], axis=0)
         return [full, self.val_frames[video], self.val_poses[video]]
-
-
-def cache_root(cfg: Config) -> pathlib.Path:
-    return pathlib.Path(cfg.cache_dir).expanduser() if cfg.cache_dir else dance_folder.default_cache_dir().parent
 
 
 def synthetic_spec(cfg: Config) -> SyntheticDanceSpec:

@@ -32,6 +32,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from cvae_jax.data.cache import default_root
+from cvae_jax.media import to_unit_float
 from cvae_jax.errors import DatasetError
 
 __all__ = [
@@ -47,7 +49,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val")
-CACHE_ENV_VAR = "CVAE_JAX_CACHE"
 # Bump when decoding/resizing changes so stale caches are never reused.
 CACHE_FORMAT_VERSION = 1
 LAYOUT_HELP = (
@@ -280,13 +281,8 @@ def _conversion_of(paths: Sequence[pathlib.Path], modes: Sequence[str]) -> _Conv
 
 
 def default_cache_dir() -> pathlib.Path:
-    """``$CVAE_JAX_CACHE/dance`` if the variable is set, else ``~/.cache/cvae_jax/dance``.
-
-    The variable names the project-wide cache root so other caches can share it.
-    """
-    base = os.environ.get(CACHE_ENV_VAR)
-    root = pathlib.Path(base).expanduser() if base else pathlib.Path.home() / ".cache" / "cvae_jax"
-    return root / "dance"
+    """``dance/`` under the project-wide cache root (``data.cache.default_root``)."""
+    return default_root() / "dance"
 
 
 def _resolve_cache_dir(cache_dir) -> pathlib.Path | None:
@@ -443,10 +439,6 @@ def steps_per_epoch(n_frames: int, clip_len: int, batch_size: int, partial: floa
     return steps
 
 
-def _as_float(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32) * np.float32(1.0 / 255.0)
-
-
 def epoch_batches(
     frames: np.ndarray,
     poses: np.ndarray,
@@ -477,7 +469,7 @@ def _batches(frames, poses, order, offsets, clip_len, batch_size, steps):
     for step in range(steps):
         clips = order[step * batch_size : (step + 1) * batch_size]
         idx = clips[:, None] * clip_len + offsets[None, :]
-        yield _as_float(frames[idx]), _as_float(poses[idx])
+        yield to_unit_float(frames[idx]), to_unit_float(poses[idx])
 
 
 def val_videos(frames: np.ndarray, poses: np.ndarray, val_len: int, source: str = "val folder"):
@@ -493,4 +485,4 @@ def val_videos(frames: np.ndarray, poses: np.ndarray, val_len: int, source: str 
             f"(the val folder must hold k whole videos of val_vi_len frames)"
         )
     shape = (n // val_len, val_len, *frames.shape[1:])
-    return _as_float(frames).reshape(shape), _as_float(poses).reshape(shape)
+    return to_unit_float(frames).reshape(shape), to_unit_float(poses).reshape(shape)

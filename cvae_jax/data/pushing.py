@@ -15,9 +15,10 @@ import pathlib
 import numpy as np
 
 from cvae_jax import metrics
+from cvae_jax.media import to_unit_float
 from cvae_jax.config import Config
 from cvae_jax.data.bair_folder import BairFolder
-from cvae_jax.data.dance import cache_root
+from cvae_jax.data.cache import cache_root
 from cvae_jax.data.synthetic_pushing import SyntheticPushingSpec, ensure_synthetic
 
 IN_MEMORY_BYTES = 2 << 30
@@ -77,10 +78,6 @@ def sources(cfg: Config, splits=("train", "validate"), log=print) -> dict:
     return {s: BairFolder(root, s, seq_len=cfg.n_eval) for s in splits}
 
 
-def _as_float(x):
-    return x.astype(np.float32) * np.float32(1 / 255)
-
-
 class PushingData:
     baseline_name = "repeat-last-context-frame"
 
@@ -92,7 +89,7 @@ class PushingData:
         val = src[splits[-1]]
         n_val = min(len(val), cfg.val_sequences or len(val))
         items = [val[i] for i in range(n_val)]
-        self.val_frames = _as_float(np.stack([f[:cfg.n_eval] for f, _ in items]))
+        self.val_frames = to_unit_float(np.stack([f[:cfg.n_eval] for f, _ in items]))
         self.val_cond = np.stack([c[:cfg.n_eval] for _, c in items]).astype(np.float32)
         self.val_names = val.names[:n_val]
 
@@ -107,7 +104,7 @@ class PushingData:
         rng = np.random.default_rng([self.cfg.seed, epoch])
         for _ in range(self.steps_in_epoch(epoch)):
             frames, cond = self.train.take(rng.integers(0, len(self.train), self.cfg.batch_size))
-            yield _as_float(frames), cond.astype(np.float32)
+            yield to_unit_float(frames), cond.astype(np.float32)
 
     def scored(self, frames, n_future: int | None = None):
         p = self.cfg.n_past

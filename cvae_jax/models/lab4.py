@@ -247,3 +247,21 @@ def predict_batch(model: Lab4CVAE, batch, key, cfg, z_mode=None):
     first, poses = batch
     out = generate(model, first, poses, key, bn_mode=cfg.bn_mode, z_mode=z_mode or cfg.z_mode)
     return out[:, 1:]
+
+
+DEFAULT_NUM_SAMPLES = 1
+
+
+def load_data(cfg, log=print, train: bool = True):
+    from cvae_jax.data.dance import load_dance
+    return load_dance(cfg, log, splits=("train", "val") if train else ("val",))
+
+
+def evaluate(restored, cfg, options, out, log=print) -> dict:
+    from cvae_jax import lab4_evaluation
+    return lab4_evaluation.evaluate(restored, cfg, options, out, log)
+
+
+def restored(cfg, graphdef, params, batch_stats, meta, path):
+    from cvae_jax.lab4_evaluation import Lab4Model
+    return Lab4Model(cfg, graphdef, params, batch_stats, meta, path)

@@ -259,3 +259,21 @@ def predict_batch(model: SVG, batch, key, cfg, n_future: int | None = None, z_mo
                    n_future=n_future or cfg.n_future, last_frame_skip=cfg.last_frame_skip,
                    skip_compat=cfg.skip_compat, z_mode=z_mode or cfg.z_mode)
 
+
+
+DEFAULT_NUM_SAMPLES = 5  # best of 5, as SVG's evaluation
+
+
+def load_data(cfg, log=print, train: bool = True):
+    from cvae_jax.data.pushing import PushingData
+    return PushingData(cfg, log, splits=("train", "validate") if train else ("validate",))
+
+
+def evaluate(restored, cfg, options, out, log=print) -> dict:
+    from cvae_jax import svg_evaluation
+    return svg_evaluation.evaluate(restored, cfg, options, out, log)
+
+
+def restored(cfg, graphdef, params, batch_stats, meta, path):
+    from cvae_jax.svg_evaluation import SVGModel
+    return SVGModel(cfg, graphdef, params, batch_stats, meta, path)

@@ -23,6 +23,8 @@ from cvae_jax.layers import Conv, FrameBatchNorm, leaky_relu, normal_init
 INIT_STD = 0.02
 SLOPE = 0.2
 
+IMAGE_SIZE = 64  # frames are IMAGE_SIZE x IMAGE_SIZE RGB
+
 
 def batchnorm(ch: int, rngs: nnx.Rngs, *, spatial: bool = True) -> FrameBatchNorm:
     return FrameBatchNorm(ch, spatial=spatial, scale=normal_init(rngs.params(), (ch,), INIT_STD, 1.0))
@@ -87,8 +89,8 @@ class VGGEncoder(nnx.Module):
         return [l.bn for s in (self.c1, self.c2, self.c3, self.c4) for l in s] + [self.c5_bn]
 
     def __call__(self, x, train: bool):
-        if x.shape[-3:] != (64, 64, 3):
-            raise ValueError(f"the VGG64 encoder takes 64x64 RGB frames, got shape {x.shape}")
+        if x.shape[-3:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(f"the VGG64 encoder takes {IMAGE_SIZE}x{IMAGE_SIZE} RGB frames, got shape {x.shape}")
         h1, m1 = _run(self.c1, x, train)
         h2, m2 = _run(self.c2, max_pool2(h1), train)
         h3, m3 = _run(self.c3, max_pool2(h2), train)
