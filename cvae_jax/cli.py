@@ -19,8 +19,8 @@ import types
 import typing
 
 from cvae_jax.config import (COMMON_SECTIONS, FLAGS, MODEL_SECTIONS, MODELS, PRESET_NAMES, PRESETS,
-                             RESUME_FLAGS, Config, flag_name, preset)
-from cvae_jax.errors import ConfigError, InputError
+                             RESUME_FLAGS, Config, check_resume_changes, flag_name, preset)
+from cvae_jax.errors import InputError
 
 class _Cyclical(argparse.Action):
     """--kl_anneal_cyclical / --no-kl_anneal_cyclical: the SVG trainer's switch between
@@ -207,13 +207,8 @@ def train_main(argv=None, prog: str = "cvae-jax-train"):
     with input_errors_as_usage(parser.prog):
         given = given_flags(args)
         if args.resume:
-            chosen = [f"--{k}" for k in ("model", "preset") if getattr(args, k, None) is not None]
-            if chosen:
-                raise ConfigError(f"{chosen[0]} cannot be given with --resume: the run's saved config fixes it")
-            fixed = [f for f in given if f not in RESUME_FLAGS]
-            if fixed:
-                raise ConfigError(f"--{fixed[0]} cannot change on --resume ({args.resume}'s config.json fixes "
-                                  f"it); only {', '.join('--' + f for f in RESUME_FLAGS)} may be given with it")
+            chosen = [k for k in ("model", "preset") if getattr(args, k, None) is not None]
+            check_resume_changes(chosen + list(given), args.resume)
         cfg = None if args.resume else config_from_args(args)  # bad flags fail here, first
         init_distributed(args)  # before anything touches a device
         enable_compilation_cache()

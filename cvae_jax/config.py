@@ -264,6 +264,15 @@ def field_of(flag: str) -> dataclasses.Field:
 RESUME_FLAGS = tuple(f for f in FLAGS if field_of(f).metadata["resume"])
 
 
+def check_resume_changes(flags, run_dir) -> None:
+    """Refuse, naming the first, flags that may not change when `run_dir` resumes."""
+    fixed = [f for f in flags if f not in RESUME_FLAGS]
+    if fixed:
+        raise ConfigError(f"--{fixed[0]} cannot change on --resume ({run_dir}/config.json fixes it); only "
+                          f"{', '.join('--' + f for f in RESUME_FLAGS)} may be given with it (how long and "
+                          "how, not what, the run computes)")
+
+
 def _coerce(flag: str, value):
     return tuple(value) if flag == "lr_milestones" and value is not None else value
 

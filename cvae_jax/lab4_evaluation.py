@@ -67,6 +67,8 @@ def evaluate(model: Lab4Model, cfg, opts, out, log=print) -> dict:
     """Returns {"out", "psnr" (videos, samples, frames) or None, "mean_psnr", "mean_ssim"}."""
     mode, n = opts.z_mode or cfg.z_mode, opts.num_samples
     base = jax.random.key(opts.seed)
+    window = metrics.SSIMParams().win_size
+    with_ssim = min(cfg.frame_H, cfg.frame_W) >= window  # SSIM's window must fit in the frame
     scores, ssims, firsts = [], [], []
     for v, (name, first, poses, truth) in enumerate(_sequences(cfg, opts.split, log)):
         samples = [model.generate(first, poses, jax.random.fold_in(base, v * n + s), mode) for s in range(n)]
@@ -75,21 +77,25 @@ def evaluate(model: Lab4Model, cfg, opts, out, log=print) -> dict:
         media.write_gif(media.side_by_side(*panels), out / f"{name}.gif")
         if truth is not None:
             scores.append(np.stack([np.asarray(metrics.psnr(s[1:], truth[1:])) for s in samples]))
-            ssims.append(np.stack([np.asarray(metrics.ssim(s[1:], truth[1:])) for s in samples]))
+            if with_ssim:
+                ssims.append(np.stack([np.asarray(metrics.ssim(s[1:], truth[1:])) for s in samples]))
     if opts.save_frames:
         np.savez_compressed(opts.save_frames, pred=np.stack(firsts).astype(np.float32))
     layout = "prediction | ground truth | pose" if scores else "prediction | pose"
     result = {"out": out, "psnr": None, "mean_psnr": None}
     if scores:
         psnr = np.stack(scores)  # (videos, samples, frames)
-        result.update(psnr=psnr, mean_psnr=float(np.mean(psnr)), mean_ssim=float(np.mean(ssims)))
+        result.update(psnr=psnr, mean_psnr=float(np.mean(psnr)),
+                      mean_ssim=float(np.mean(ssims)) if with_ssim else None)
+        ssim_text = (f"mean SSIM {result['mean_ssim']:.4f} (Gaussian window {window}, sigma {metrics.SSIMParams().sigma})" if with_ssim else
+                     f"SSIM not computed: {cfg.frame_H}x{cfg.frame_W} frames are smaller than its {window}-pixel window")
         per_frame = psnr.reshape(-1, psnr.shape[-1])
         media.write_psnr_csv(out / "psnr_per_frame.csv", per_frame)
         plots.plot_psnr_per_frame(per_frame, out / "psnr_per_frame.png", f"{opts.split} PSNR per frame ({mode} z)")
         log(f"mean PSNR {result['mean_psnr']:.3f} dB | protocol: {psnr.shape[0]} video(s) x "
             f"{n} sample(s), frames 1..{psnr.shape[-1]} of each scored (frame 0 given), "
             f"PSNR per frame over all pixels, data range 1.0, z {'~ N(0, I) per step' if mode == 'sample' else '= 0 (prior mean)'}, "
-            f"{opts.which} checkpoint; mean SSIM {result['mean_ssim']:.4f} (Gaussian window 11, sigma 1.5)")
+            f"{opts.which} checkpoint; {ssim_text}")
         log(f"wrote {out / 'psnr_per_frame.csv'} (rows: video*samples+sample), {out / 'psnr_per_frame.png'}")
     else:
         log(f"generated {len(firsts)} test sequence(s) (not scored: the test split has no ground truth)")

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from cvae_jax import checkpointing, distributed, media, metrics, models, plots, schedules
-from cvae_jax.config import RESUME_FLAGS, Config, field_of
+from cvae_jax.config import Config, check_resume_changes
 from cvae_jax.errors import ConfigError, RunExistsError
 from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_step
 
@@ -116,7 +116,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     """Train (or resume) a run; returns the run folder.
 
     A resume uses the run's saved config; `num_epoch` and `resume_changes` may change only
-    the flags marked `resume` (`cli.RESUME_FLAGS`). A resume that raises `num_epoch`
+    the flags marked `resume` (`config.RESUME_FLAGS`). A resume that raises `num_epoch`
     continues exactly only for schedules that do not depend on the run length: cosine LR
     and per-step KL annealing are stretched to the new total from the resumed step on.
 
@@ -131,11 +131,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
         cfg = checkpointing.load_config(run_dir)
         if num_epoch is not None:
             resume_changes["num_epoch"] = num_epoch
-        fixed = sorted(f for f in resume_changes if not field_of(f).metadata["resume"])
-        if fixed:
-            raise ConfigError(f"--{fixed[0]} cannot change on --resume: {run_dir / checkpointing.CONFIG_FILE} "
-                              f"fixes it; only {', '.join('--' + f for f in RESUME_FLAGS)} may change "
-                              "(how long and how, not what, the run computes)")
+        check_resume_changes(resume_changes, run_dir)
         cfg = cfg.replace(**resume_changes).validated()
     else:
         cfg = cfg.validated()
