@@ -20,6 +20,9 @@ import typing
 
 from cvae_jax.config import (COMMON_SECTIONS, FLAGS, MODEL_SECTIONS, MODELS, PRESET_NAMES, PRESETS,
                              RESUME_FLAGS, Config, check_resume_changes, flag_name, preset)
+
+DEFAULT_MODEL = Config().model
+from cvae_jax import models
 from cvae_jax.errors import InputError
 
 class _Cyclical(argparse.Action):
@@ -49,6 +52,10 @@ def _help(field: dataclasses.Field, default) -> str:
     """The field's one line and its default (from the preset in force); the choices are
     the flag's metavar."""
     return f"{field.metadata['help']} (default: {_shown(default)})".replace("%", "%%")
+
+
+def _first_line(obj) -> str:
+    return obj.__doc__.split(";")[0].split(".")[0].strip()
 
 
 def _preset_for(model: str, name: str | None) -> Config:
@@ -84,7 +91,7 @@ def add_config_flags(parser: argparse.ArgumentParser, model: str | None = None,
     """Every config field as a flag, grouped by section. Help defaults come from the preset
     that `--model model --preset preset_name` selects; with a model given, the other
     models' flags are accepted (to be refused by name) but not listed."""
-    shown = model or "lab4"
+    shown = model or DEFAULT_MODEL
     base = _preset_for(shown, preset_name)
     for attr, section in COMMON_SECTIONS.items():
         if attr == "execution":
@@ -113,15 +120,15 @@ def train_parser(argv=None, prog: str = "train.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, usage="%(prog)s [--model {" + ",".join(MODELS) + "}] [--preset P] [--resume RUN_DIR] [FLAG ...]",
         description="Train a cvae-jax model. With no data flags, trains the cpu preset of "
-        "--model (lab4 by default) on its built-in synthetic dataset. Defaults shown are those of "
-        f"--model {model or 'lab4'} --preset {preset_name or 'cpu'}; --model M --help lists only M's flags.")
+        f"--model ({DEFAULT_MODEL} by default) on its built-in synthetic dataset. Defaults shown are those of "
+        f"--model {model or DEFAULT_MODEL} --preset {preset_name or 'cpu'}; --model M --help lists only M's flags.")
     common = p.add_argument_group("common")
     common.add_argument("--model", choices=MODELS, metavar="{" + ",".join(MODELS) + "}", default=argparse.SUPPRESS,
-                        help="lab4: the pose-conditioned CVAE; svg: action-conditioned SVG on BAIR (default: lab4)")
+                        help="; ".join(f"{m}: {_first_line(s)}" for m, s in MODEL_SECTIONS.items())
+                        + f" (default: {DEFAULT_MODEL})")
     common.add_argument("--preset", choices=PRESET_NAMES, metavar="{" + ",".join(PRESET_NAMES) + "}", default=None,
-                        help="defaults to start from: cpu (minutes on 2 CPU cores; per model), lab4 (the Lab4 "
-                        "reference trainer), bair (the SVG course trainer, SVG-FP), svg_lp (SVG-LP as "
-                        "published) (default: cpu)")
+                        help="defaults to start from, per model: " + "; ".join(
+                            f"{m}: {', '.join(p)}" for m, p in PRESETS.items()) + " (README, 'Presets'; default: cpu)")
     common.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its latest checkpoint "
                         "with its saved config; only " + ", ".join("--" + f for f in RESUME_FLAGS) +
                         " may be given with it (default: start a new run)")
@@ -167,25 +174,24 @@ def config_from_args(args: argparse.Namespace) -> Config:
     a flag of another model, raises `errors.ConfigError` naming the flag
     (`input_errors_as_usage` reports it)."""
     model = getattr(args, "model", None)
-    base = preset("cpu", model or "lab4") if args.preset is None else preset(args.preset, model)
+    base = preset("cpu", model or DEFAULT_MODEL) if args.preset is None else preset(args.preset, model)
     return base.replace(**given_flags(args)).validated()
 
 
 def evaluate_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Score a run on a split: lab4 rolls out every "
-                                "video from its first frame and poses (PSNR and SSIM per frame); svg "
-                                "predicts n_future frames after n_past context frames (PSNR and SSIM "
-                                "per frame, both definitions, best of N samples and their mean).")
+    p = argparse.ArgumentParser(prog=prog, description="Score a run on a split under its model's protocol, "
+                                "which is printed with the scores (README, 'Evaluation').")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder made by train.py (required)")
     p.add_argument("--DR", "--data_root", dest="DR", help="dataset root (default: the one the run trained on)")
     p.add_argument("--data", choices=("synthetic", "folder", "tfds"), help="data source (default: the run's)")
-    p.add_argument("--data_dir", help="svg: TFDS data_dir, with --data tfds (default: the run's)")
+    p.add_argument("--data_dir", help="TFDS data_dir, with --data tfds (default: the run's)")
     p.add_argument("--split", choices=("val", "test"), default="val",
                    help="val (svg: the validate folder, or TFDS test) or test (default: val)")
-    p.add_argument("--n_future", type=int, help="svg: frames to predict after the context "
-                   "(default: the run's, 10 like the course; 28 for the paper protocol)")
-    p.add_argument("--num_samples", type=int, help="z samples per sequence (default: 1 for lab4; "
-                   "5 for svg, scored as best of N by mean SSIM and as the mean over N)")
+    p.add_argument("--n_future", type=int, help="frames to predict after the context, for models that "
+                   "have --n_future (default: the run's; the SVG paper's protocol: 28)")
+    p.add_argument("--num_samples", type=int, help="z samples per sequence, scored as best of N and as "
+                   "their mean where N > 1 (default: the model's: " + ", ".join(
+                       f"{m} {models.family(m).DEFAULT_NUM_SAMPLES}" for m in MODELS) + ")")
     p.add_argument("--z_mode", choices=("sample", "mean"), help="draw z from the prior or use its mean "
                    "(default: the run's)")
     p.add_argument("--which", choices=("best", "latest"), default="best",

@@ -164,7 +164,7 @@ class ExecutionConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class Lab4Config(Section):
-    """The Lab4 pose-conditioned CVAE and its dance data; reference dims 128/32/12/192."""
+    """the pose-conditioned CVAE of the Lab4 course (dance video from a first frame and poses); reference dims 128/32/12/192."""
     title: typing.ClassVar[str] = "Lab4 model"
     F_dim: int = option(128, "frame feature channels", positive=True)
     L_dim: int = option(32, "pose feature channels", positive=True)
@@ -198,7 +198,7 @@ class Lab4Config(Section):
 
 @dataclasses.dataclass(frozen=True)
 class SVGConfig(Section):
-    """SVG on BAIR robot pushing; reference dims g 128, z 64, rnn 256, VGG width 64."""
+    """action-conditioned SVG on BAIR robot pushing (SVG-FP, SVG-LP); reference dims g 128, z 64, rnn 256, VGG width 64."""
     title: typing.ClassVar[str] = "SVG model"
     n_past: int = option(2, "context frames", positive=True)
     n_future: int = option(10, "frames predicted after the context in training and validation", positive=True)

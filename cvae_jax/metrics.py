@@ -7,6 +7,7 @@ already jitted (shape-defining arguments are static).
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -83,14 +84,20 @@ def _gaussian_filter_valid(x: jax.Array, taps: np.ndarray) -> jax.Array:
     return _filter_valid(_filter_valid(x, taps, axis=-3), taps, axis=-2)
 
 
+@dataclasses.dataclass(frozen=True)
+class SSIMParams:
+    """The SSIM window and stabilising constants, by default Wang et al. 2004's: an 11x11
+    Gaussian window with sigma 1.5, c1 = (k1 * data_range)^2 and c2 = (k2 * data_range)^2.
+    Frozen, hence hashable: `ssim` takes it as a static argument."""
+
+    win_size: int = 11
+    sigma: float = 1.5
+    k1: float = 0.01
+    k2: float = 0.03
+
+
 def ssim_map(
-    pred: jax.Array,
-    target: jax.Array,
-    data_range: float = 1.0,
-    win_size: int = 11,
-    sigma: float = 1.5,
-    k1: float = 0.01,
-    k2: float = 0.03,
+    pred: jax.Array, target: jax.Array, data_range: float = 1.0, params: SSIMParams = SSIMParams()
 ) -> jax.Array:
     """Per-pixel, per-channel SSIM over the valid region: (..., H, W, C) -> (..., H-w+1, W-w+1, C).
 
@@ -99,11 +106,11 @@ def ssim_map(
     use_sample_covariance=False`.
     """
     pred, target = _as_float(pred), _as_float(target)
-    if win_size % 2 != 1 or win_size > min(pred.shape[-3], pred.shape[-2]):
-        raise ValueError(f"win_size must be odd and <= H and W, got {win_size} for {pred.shape}")
+    if params.win_size % 2 != 1 or params.win_size > min(pred.shape[-3], pred.shape[-2]):
+        raise ValueError(f"win_size must be odd and <= H and W, got {params.win_size} for {pred.shape}")
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: {pred.shape} vs {target.shape}")
-    taps = gaussian_window_1d(win_size, sigma)
+    taps = gaussian_window_1d(params.win_size, params.sigma)
     # Moments of data centred on a per-image, per-channel offset: variances are
     # shift-invariant, and E[x^2] - E[x]^2 in float32 loses the small variances of
     # flat regions (backgrounds) to cancellation when taken about 0.
@@ -115,37 +122,34 @@ def ssim_map(
     var_y = e_yy - mu_y * mu_y
     cov_xy = e_xy - mu_x * mu_y
     mu_x, mu_y = mu_x + offset, mu_y + offset
-    c1 = (k1 * data_range) ** 2
-    c2 = (k2 * data_range) ** 2
+    c1 = (params.k1 * data_range) ** 2
+    c2 = (params.k2 * data_range) ** 2
     numerator = (2.0 * mu_x * mu_y + c1) * (2.0 * cov_xy + c2)
     denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
     return numerator / denominator
 
 
-@partial(jax.jit, static_argnames=("win_size", "sigma", "per_channel"))
+@partial(jax.jit, static_argnames=("params", "per_channel"))
 def ssim(
     pred: jax.Array,
     target: jax.Array,
     data_range: float = 1.0,
-    win_size: int = 11,
-    sigma: float = 1.5,
-    k1: float = 0.01,
-    k2: float = 0.03,
+    params: SSIMParams = SSIMParams(),
     per_channel: bool = False,
 ) -> jax.Array:
     """Mean SSIM of each image, (..., H, W, C) -> (...).
 
-    Both definitions start from the SSIM map of each channel on its own (11x11 Gaussian
-    window, sigma 1.5, 'valid' region: no padding, only pixels whose window fits):
+    Both definitions start from the SSIM map of each channel on its own (`params`' Gaussian
+    window, 'valid' region: no padding, only pixels whose window fits):
     - per_channel=False ("whole image"): mean of the maps over all valid pixels and all
-      channels; equals skimage `structural_similarity(..., channel_axis=-1,
-      gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`.
+      channels; with the default params, equals skimage `structural_similarity(...,
+      channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`.
     - per_channel=True (SVG's `eval_seq`): mean of each channel's map, then the mean of
       those C numbers.
     Every channel has the same number of valid pixels, so the two agree up to float
     rounding; the flag exists so the reduction can be matched to either codebase.
     """
-    smap = ssim_map(pred, target, data_range, win_size, sigma, k1, k2)
+    smap = ssim_map(pred, target, data_range, params)
     if per_channel:
         return jnp.mean(jnp.mean(smap, axis=(-3, -2)), axis=-1)
     return jnp.mean(smap, axis=_IMAGE_AXES)

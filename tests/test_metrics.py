@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cvae_jax.metrics import psnr, psnr_batch_mean_compat, ssim
+from cvae_jax.metrics import SSIMParams, psnr, psnr_batch_mean_compat, ssim, ssim_map
 
 C1, C2 = (0.01) ** 2, (0.03) ** 2
 
@@ -169,3 +169,12 @@ def test_ssim_rejects_too_small_images():
     x = np.zeros((8, 16, 3), np.float32)
     with pytest.raises(ValueError, match="win_size"):
         ssim(x, x)
+
+
+def test_ssim_params_are_honoured():
+    # A 7x7 window fits 8 rows; with no variance, k1 shows in the luminance term alone.
+    x, y = np.full((8, 16, 3), 0.2, np.float32), np.full((8, 16, 3), 0.6, np.float32)
+    params = SSIMParams(win_size=7, k1=0.05)
+    c1 = (0.05) ** 2
+    assert ssim_map(x, y, params=params).shape == (2, 10, 3)
+    assert float(ssim(x, y, params=params)) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), abs=1e-5)

@@ -3,6 +3,7 @@
 A generator writes its completion marker (its spec and version, as JSON) last, into a
 temporary sibling that is renamed into place, so an interrupted run never leaves a
 folder that looks complete and a changed spec or generator version regenerates.
+`GeneratedDataset` is the skeleton a generator fills with its own layout and rendering.
 """
 
 from __future__ import annotations
@@ -83,3 +84,54 @@ def ensure_for_spec(cache_root, name: str, spec, version: int, marker_file: str,
     target = pathlib.Path(cache_root).expanduser() / f"{name}_{spec_digest(spec, version)}"
     expected = marker_contents(spec, version)
     return ensure_generated(target, lambda path: marker_matches(path, marker_file, expected), write)
+
+
+def check_spec_fields(spec, least: dict[str, int]) -> None:
+    """A one-line ValueError unless every field of the dataclass `spec` is an int (not a
+    bool) and each field named in `least` is at least its bound."""
+    kind = type(spec).__name__
+    for field in dataclasses.fields(spec):
+        value = getattr(spec, field.name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{kind}.{field.name} must be an int, got {value!r}")
+    for name, bound in least.items():
+        if getattr(spec, name) < bound:
+            raise ValueError(f"{kind}.{name} must be >= {bound}, got {getattr(spec, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedDataset:
+    """One generator's output: the spec it takes, how its folders are named and marked
+    complete, and the top-level folders it writes."""
+
+    name: str  # cached as <cache_root>/<name>_<digest>/, marked complete by <name>.json
+    spec_type: type
+    version: int  # bumped whenever the output changes, so cached folders regenerate
+    top_folders: tuple[str, ...]
+
+    @property
+    def marker_file(self) -> str:
+        return f"{self.name}.json"
+
+    def digest(self, spec) -> str:
+        return spec_digest(spec, self.version)
+
+    def generate(self, root, spec, write: Callable[[pathlib.Path], object]) -> pathlib.Path:
+        """``root`` after `write(root)` has written the data of `spec` into it, marked complete.
+
+        Refuses a root that already holds one of the top folders, since leftovers of
+        another spec would silently join the new data."""
+        if not isinstance(spec, self.spec_type):
+            raise TypeError(f"spec must be a {self.spec_type.__name__}, got {type(spec).__name__}")
+        root = pathlib.Path(root)
+        for folder in self.top_folders:
+            if (root / folder).exists():
+                raise FileExistsError(f"{root / folder} already exists; generate into an empty folder")
+        write(root)
+        mark_complete(root, self.marker_file, marker_contents(spec, self.version))
+        return root
+
+    def ensure(self, cache_root, spec, generate: Callable[[pathlib.Path], object]) -> pathlib.Path:
+        """``<cache_root>/<name>_<digest>/``, written by `generate(folder)` only if absent or
+        incomplete (`ensure_for_spec`)."""
+        return ensure_for_spec(cache_root, self.name, spec, self.version, self.marker_file, generate)

@@ -23,13 +23,12 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cvae_jax.data.generated import ensure_for_spec, mark_complete, marker_contents, spec_digest, write_jobs
+from cvae_jax.data.generated import GeneratedDataset, check_spec_fields, write_jobs
 
-__all__ = ["SyntheticDanceSpec", "generate", "ensure_synthetic", "COMPLETE_MARKER"]
+__all__ = ["SyntheticDanceSpec", "generate", "ensure_synthetic", "DATASET", "COMPLETE_MARKER"]
 
 # Bump whenever the rendered output changes so cached datasets are regenerated.
 GENERATOR_VERSION = 1
-COMPLETE_MARKER = "synthetic_dance.json"
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 _SUPERSAMPLE = 2
 # Even with workers requested, stay serial below this many frames: spawning costs more.
@@ -48,23 +47,17 @@ class SyntheticDanceSpec:
     height: int = 64
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"SyntheticDanceSpec.{field.name} must be an int, got {value!r}")
-        if self.seed < 0:
-            raise ValueError(f"SyntheticDanceSpec.seed must be >= 0, got {self.seed}")
-        for name in ("train_videos", "frames_per_video", "width", "height"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SyntheticDanceSpec.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("val_videos", "test_videos"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"SyntheticDanceSpec.{name} must be >= 0, got {getattr(self, name)}")
+        check_spec_fields(self, {"seed": 0, "train_videos": 1, "val_videos": 0, "test_videos": 0,
+                                 "frames_per_video": 1})
         if self.width < 16 or self.height < 8:
             raise ValueError(f"SyntheticDanceSpec size {self.width}x{self.height} is too small to draw a dancer")
 
     def digest(self) -> str:
-        return spec_digest(self, GENERATOR_VERSION)
+        return DATASET.digest(self)
+
+
+DATASET = GeneratedDataset("synthetic_dance", SyntheticDanceSpec, GENERATOR_VERSION, ("train", "val", "test"))
+COMPLETE_MARKER = DATASET.marker_file
 
 
 # =========================================================================== appearance
@@ -653,32 +646,26 @@ def _make_layout(root: pathlib.Path) -> None:
     (root / "test/test_label").mkdir(parents=True, exist_ok=True)
 
 
-def generate(root, spec: SyntheticDanceSpec, workers: int = 1) -> pathlib.Path:
-    """Write the synthetic dataset in the reference layout under ``root`` and return it.
-
-    Refuses a root that already holds a layout, since leftover frames of another
-    spec would silently join the new data.  Serial by default: the default spec
-    takes ~10 s on 2 cores, and worker processes (``workers > 1``, spawned because
-    forking a process that runs JAX can deadlock) need an importable ``__main__``.
-    The output is identical either way.
-    """
-    if not isinstance(spec, SyntheticDanceSpec):
-        raise TypeError(f"spec must be a SyntheticDanceSpec, got {type(spec).__name__}")
-    root = pathlib.Path(root)
-    for sub in ("train", "val", "test"):
-        if (root / sub).exists():
-            raise FileExistsError(f"{root / sub} already exists; generate into an empty folder")
+def _write(root: pathlib.Path, spec: SyntheticDanceSpec, workers: int) -> None:
     _make_layout(root)
     jobs = _jobs(root, spec)
     if len(jobs) * spec.frames_per_video < _PARALLEL_MIN_FRAMES:
         workers = 1
     write_jobs(_write_video, jobs, workers)
-    mark_complete(root, COMPLETE_MARKER, marker_contents(spec, GENERATOR_VERSION))
-    return root
+
+
+def generate(root, spec: SyntheticDanceSpec, workers: int = 1) -> pathlib.Path:
+    """Write the synthetic dataset in the reference layout under ``root`` and return it
+    (`GeneratedDataset.generate`: refuses a root that already holds a split).
+
+    Serial by default: the default spec takes ~10 s on 2 cores, and worker processes
+    (``workers > 1``, spawned because forking a process that runs JAX can deadlock) need
+    an importable ``__main__``. The output is identical either way.
+    """
+    return DATASET.generate(root, spec, lambda folder: _write(folder, spec, workers))
 
 
 def ensure_synthetic(cache_root, spec: SyntheticDanceSpec, workers: int = 1) -> pathlib.Path:
     """``<cache_root>/synthetic_dance_<digest>/``, generated only if absent or incomplete
     (`data.generated`: never half-written)."""
-    return ensure_for_spec(cache_root, "synthetic_dance", spec, GENERATOR_VERSION, COMPLETE_MARKER,
-                           lambda folder: generate(folder, spec, workers=workers))
+    return DATASET.ensure(cache_root, spec, lambda folder: generate(folder, spec, workers=workers))

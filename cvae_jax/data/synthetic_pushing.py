@@ -25,13 +25,12 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from cvae_jax.data.generated import ensure_for_spec, mark_complete, marker_contents, spec_digest, write_jobs
+from cvae_jax.data.generated import GeneratedDataset, check_spec_fields, write_jobs
 
-__all__ = ["SyntheticPushingSpec", "render_sequence", "generate", "ensure_synthetic", "COMPLETE_MARKER"]
+__all__ = ["SyntheticPushingSpec", "render_sequence", "generate", "ensure_synthetic", "DATASET", "COMPLETE_MARKER"]
 
 # Bump whenever the rendered output changes so cached datasets are regenerated.
 GENERATOR_VERSION = 3
-COMPLETE_MARKER = "synthetic_pushing.json"
 SPLITS = ("train", "validate", "test")
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 SIZE = 64
@@ -55,20 +54,18 @@ class SyntheticPushingSpec:
     per_folder: int = 256  # sequences per traj_a_to_b folder, as in BAIR's tfrecord files
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"SyntheticPushingSpec.{field.name} must be an int, got {value!r}")
-        for name, least in (("seed", 0), ("train_sequences", 1), ("validate_sequences", 0),
-                            ("test_sequences", 0), ("seq_len", 1), ("per_folder", 1)):
-            if getattr(self, name) < least:
-                raise ValueError(f"SyntheticPushingSpec.{name} must be >= {least}, got {getattr(self, name)}")
+        check_spec_fields(self, {"seed": 0, "train_sequences": 1, "validate_sequences": 0, "test_sequences": 0,
+                                 "seq_len": 1, "per_folder": 1})
 
     def counts(self) -> dict:
         return {"train": self.train_sequences, "validate": self.validate_sequences, "test": self.test_sequences}
 
     def digest(self) -> str:
-        return spec_digest(self, GENERATOR_VERSION)
+        return DATASET.digest(self)
+
+
+DATASET = GeneratedDataset("synthetic_pushing", SyntheticPushingSpec, GENERATOR_VERSION, SPLITS)
+COMPLETE_MARKER = DATASET.marker_file
 
 
 # =========================================================================== scene and motion
@@ -369,33 +366,27 @@ def _write_chunk(args) -> int:
     return stop - start
 
 
-def generate(root, spec: SyntheticPushingSpec, workers: int = 1) -> pathlib.Path:
-    """Write the synthetic dataset in the processed BAIR layout under ``root`` and return it.
-
-    Refuses a root that already holds a split, since leftover sequences of another
-    spec would silently join the new data.  Serial by default (the default spec
-    takes about 25 s on 2 cores, mostly PNG encoding and drawing); ``workers > 1``
-    uses spawned processes (forking a process that runs JAX can deadlock).  The
-    output is identical either way.
-    """
-    if not isinstance(spec, SyntheticPushingSpec):
-        raise TypeError(f"spec must be a SyntheticPushingSpec, got {type(spec).__name__}")
-    root = pathlib.Path(root)
-    for split in SPLITS:
-        if (root / split).exists():
-            raise FileExistsError(f"{root / split} already exists; generate into an empty folder")
+def _write(root: pathlib.Path, spec: SyntheticPushingSpec, workers: int) -> None:
     for split in SPLITS:
         (root / split).mkdir(parents=True)
     spec_dict = dataclasses.asdict(spec)
     jobs = [(str(root), spec_dict, split, a, min(a + _CHUNK, n))
             for split, n in spec.counts().items() for a in range(0, n, _CHUNK)]
     write_jobs(_write_chunk, jobs, workers)
-    mark_complete(root, COMPLETE_MARKER, marker_contents(spec, GENERATOR_VERSION))
-    return root
+
+
+def generate(root, spec: SyntheticPushingSpec, workers: int = 1) -> pathlib.Path:
+    """Write the synthetic dataset in the processed BAIR layout under ``root`` and return it
+    (`GeneratedDataset.generate`: refuses a root that already holds a split).
+
+    Serial by default (the default spec takes about 25 s on 2 cores, mostly PNG encoding
+    and drawing); ``workers > 1`` uses spawned processes (forking a process that runs JAX
+    can deadlock). The output is identical either way.
+    """
+    return DATASET.generate(root, spec, lambda folder: _write(folder, spec, workers))
 
 
 def ensure_synthetic(cache_root, spec: SyntheticPushingSpec, workers: int = 1) -> pathlib.Path:
     """``<cache_root>/synthetic_pushing_<digest>/``, generated only if absent or incomplete
     (`data.generated`: never half-written)."""
-    return ensure_for_spec(cache_root, "synthetic_pushing", spec, GENERATOR_VERSION, COMPLETE_MARKER,
-                           lambda folder: generate(folder, spec, workers=workers))
+    return DATASET.ensure(cache_root, spec, lambda folder: generate(folder, spec, workers=workers))
