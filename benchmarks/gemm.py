@@ -1,7 +1,7 @@
 """The Lab4 training step's GEMM shapes alone: XLA (as cvae-jax compiles for CPU) against PyTorch.
 
 Why: the Lab4 step's forward passes run level with PyTorch and its backward passes do not
-(README, Performance). Most of a backward pass is GEMMs, so this times the step's GEMMs
+(benchmarks/NOTES.md, "Where the Lab4 step's time goes"). Most of a backward pass is GEMMs, so this times the step's GEMMs
 one by one, outside any model, with the compiler options of the training step: if XLA's
 GEMMs are slower than PyTorch's library on the same shapes, no rewrite of the model
 closes the gap. Shapes, as (M, K, N) with M x K times K x N:

@@ -2,9 +2,9 @@
 
 Why: a Lab4 training rollout runs its decoder (and, free-running, its frame encoder) on 2
 frames per step, and autodiff computes each step's weight gradients on their own: per
-1x1 layer, 15 GEMMs contracting over 4,096 pixels. XLA CPU runs those at 55-105 GFLOP/s;
-one GEMM over the 61,440 pixels of all steps runs at 125-165 (measured on this project's
-CPU). Autodiff cannot batch them, as the sum over steps happens inside the backward loop.
+1x1 layer, 15 GEMMs contracting over 4,096 pixels. XLA CPU runs such thin GEMMs well below
+its rate for one GEMM over the 61,440 pixels of all steps. Autodiff cannot batch them, as
+the sum over steps happens inside the backward loop.
 
 So `scan` gives each 1x1 layer call in the step a per-step *tag*: a zero input that the
 call ignores, and whose cotangent the call's backward sets to its (input, output
@@ -13,11 +13,11 @@ outside the loop, turns each stack into the kernel's and bias's gradients with o
 and one sum. Exact: the sum over steps of x_t^T g_t is X^T G of the stacked rows (only
 the order of the float sums differs).
 
-Measured in the Lab4 reference-dims step (median of 7 alternating calls): 4.89 -> 4.65 s
-teacher-forced, 5.59 -> 5.36 s free-running. Deferring the 3x3 and depthwise
-convolutions' filter gradients the same way was no faster (4.71 / 5.50 s and 4.77 /
-5.48 s): their per-step gradients stay. The stacks copy each 1x1 call's input and output
-gradient once per step, so `--remat`, which bounds memory by the clip, does not defer.
+It makes the Lab4 step a few percent faster; deferring the 3x3 and depthwise convolutions'
+filter gradients the same way did not, so their per-step gradients stay (measurements:
+benchmarks/NOTES.md, "Deferred 1x1 weight gradients"). The stacks copy each 1x1 call's
+input and output gradient once per step, so `--remat`, which bounds memory by the clip,
+does not defer.
 """
 
 from __future__ import annotations

@@ -6,17 +6,18 @@ runs at about half the forward's FLOP rate (it transposes both operands into a
 convolution over the batch); nine GEMMs over shifted windows (of the input or of the
 output gradient, whichever is narrower) do the same sum at the forward's rate; for a
 wide kernel on a narrow input (Lab4's 7x7 pose convolution, 3 channels) XLA's filter
-gradient runs at ~1 GFLOP/s, and one GEMM of the im2col patches replaces it. For the
+gradient is slower still, and one GEMM of the im2col patches replaces it. For the
 depthwise convolution written as nine shifted multiply-adds, autodiff keeps the nine
 shifted copies of the input alive for the backward pass; here the backward is another
 fused shifted multiply-add and nine reductions.
 
 With XLA's Eigen convolutions (every CPU program compiles with them, `XLA_CPU_OPTIONS`)
 the dense filter gradient of a batched call is instead one convolution in XLA's canonical
-layout (`filter_grad="conv"`): 1.4-3x faster than the GEMMs on SVG's layers. XLA rewrites its
+layout (`filter_grad="conv"`), faster than the GEMMs on SVG's layers. XLA rewrites its
 own filter gradient to that layout only at the top level of a program; inside a
 `lax.cond` branch, where the training step computes its gradients, it runs the
-uncanonical convolution ~100x slower (measured: 878 ms against 7 ms).
+uncanonical convolution far slower. Measurements: benchmarks/NOTES.md, "CPU design
+choices" ("Filter gradients", "Wide unpadded kernels", "Depthwise convolutions").
 
 Every function computes exactly what `lax.conv_general_dilated` would (tests compare
 values and gradients); only the order of floating-point sums differs.
@@ -36,18 +37,15 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 # XLA CPU hands dots, convolutions and reductions to YNNPACK by default (its help text says
 # the default list is empty; the compiled HLO says otherwise). Eigen's convolutions run
-# VGG64's layers ~2x faster (a 64-channel 64x64 3x3 convolution at 216 against 107
-# GFLOP/s, 512 channels at 8x8 at 343 against 228), and with the filter gradient as one
-# Eigen convolution on batched calls (`filter_grad="auto"`) Lab4's reference-dims step
-# gains 3-4 % and its 630-frame generation 8 %. So every program compiled for CPU
-# (`train_step.jit`) keeps YNNPACK for dots and reductions only (it still takes a
-# convolution it can fuse with a max-pool before it). Leaving out REDUCE made the SVG
-# step 21 s instead of 13.8 s; the option wants the enum names in full.
+# VGG64's and Lab4's layers faster, so every program compiled for CPU (`train_step.jit`)
+# keeps YNNPACK for dots and reductions only (it still takes a convolution it can fuse
+# with a max-pool before it); REDUCE stays with YNNPACK because the SVG step is much
+# slower without it. The option wants the enum names in full.
 #
 # And LLVM optimisation level 1 instead of XLA's 2: most of a compile is LLVM optimising
-# thousands of small generated kernels, and level 2 made no step faster (in-process A/B:
-# same step times, compile 8-22 % shorter at reference dims, 45 % on a toy step; README,
-# Performance). Level 0 gave NaN gradients in SVG steps, so not 0.
+# thousands of small generated kernels, and level 2 made no step faster, only the compile
+# longer. Level 0 gave NaN gradients in SVG steps, so not 0. Measurements:
+# benchmarks/NOTES.md, "Eigen convolutions" and "LLVM optimisation level 1".
 XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
                    "xla_backend_optimization_level": 1}
@@ -104,8 +102,8 @@ def _reflected(windows):
 def _filter_grad(x, g):
     """dK[i, j] = sum over pixels p of x[p + (i, j) - 1] outer g[p]: nine GEMMs contracting
     over every pixel. The shifted windows are copies, so they are taken of whichever of x
-    and g has fewer channels (the same sum is x[q] outer g[q + 1 - (i, j)]): on a layer
-    narrowing 16 -> 3 channels that is 2-3x faster than windows of x."""
+    and g has fewer channels (the same sum is x[q] outer g[q + 1 - (i, j)]), which pays on
+    layers narrowing to 3 channels (benchmarks/NOTES.md, "Filter gradients")."""
     contract = (((0,), (0,)), ((), ()))
     flat = lambda a: a.reshape(-1, a.shape[-1])
     if x.shape[-1] <= g.shape[-1]:
@@ -123,9 +121,9 @@ def _filter_grad_conv(x, g):
 
 
 def _filter_grad_auto(x, g):
-    """The convolution for batches of 8 or more images, the GEMMs for fewer (measured on
-    Lab4's per-step calls of 2 images, where the convolution's N-channel input is too thin;
-    the convolution measured 1.4-3x faster on SVG's layers at 12-16 images)."""
+    """The convolution for batches of 8 or more images, the GEMMs for fewer: on Lab4's
+    per-step calls of 2 images the convolution's N-channel input is too thin, while on
+    SVG's 12-16-image calls it wins (benchmarks/NOTES.md, "Filter gradients")."""
     return (_filter_grad_conv if x.shape[0] >= 8 else _filter_grad)(x, g)
 
 
@@ -159,8 +157,9 @@ def conv3x3_taps(x, kernel):
     """Dense 3x3 'same' convolution for outputs much narrower than the input (Lab4's
     posterior narrows 160 -> 3 channels): one GEMM gives each pixel's nine tap outputs,
     x @ K as (Cin, 9 * Cout), and nine shifted adds of that narrow map sum them. XLA CPU's
-    convolution and nine-GEMM filter gradient both run such a layer at ~15 GFLOP/s, as
-    the GEMM's free dimension is only Cout; here every GEMM has 9 * Cout or Cin there.
+    convolution and nine-GEMM filter gradient both run such a layer slowly, as the GEMM's
+    free dimension is only Cout; here every GEMM has 9 * Cout or Cin there
+    (benchmarks/NOTES.md, "Narrow-output convolution").
     Plain jnp: autodiff's backward is shifted copies of the (narrow) output gradient and
     two GEMMs."""
     cin, cout = kernel.shape[2:]
@@ -184,7 +183,8 @@ def _valid(x, k):
 def conv_valid(x, kernel):
     """Dense convolution, stride 1, no padding: x (..., H, W, Cin), kernel (kh, kw, Cin,
     Cout) -> (..., H - kh + 1, W - kw + 1, Cout). For wide kernels on narrow inputs (Lab4's
-    7x7 pose convolution on 3 channels), where XLA CPU's filter gradient runs at ~1 GFLOP/s."""
+    7x7 pose convolution on 3 channels), where XLA CPU's filter gradient is very slow
+    (benchmarks/NOTES.md, "Wide unpadded kernels")."""
     kh, kw, _, cout = kernel.shape
     out = (x.shape[-3] - kh + 1, x.shape[-2] - kw + 1, cout)
     return _valid(_as_images(x), kernel).reshape(x.shape[:-3] + out)

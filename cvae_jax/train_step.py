@@ -102,7 +102,7 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
         args = (state.params, state.batch_stats, batch)
         if cfg.tf_fast_path:
             # Both branches are whole gradient computations: differentiating through a cond
-            # would carry both branches' residuals (benchmarks/NOTES.md).
+            # would carry both branches' residuals (benchmarks/NOTES.md, "Teacher-forced fast path").
             (_, (metrics, moments)), grads = jax.lax.cond(
                 jnp.all(teacher >= 1),
                 lambda: grad_fn(*args, None, z_key, sched.beta),

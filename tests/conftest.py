@@ -13,17 +13,17 @@ CVAE_JAX_TEST_XLA_CACHE=off disables it.
 
 The tests also compile with XLA's backend optimisation level 1 instead of 2 (set in
 XLA_FLAGS, so the training subprocesses inherit it): most of a compile is LLVM optimising
-thousands of small generated kernels. Measured on the toy Lab4 training step: 31 s to
-compile instead of 57 s, 0.18 s per call either way, the same loss to the last bit. Level 0
-compiles in 24 s but its SVG programs produce NaNs that levels 1 and 2 do not, so not 0.
-And XLA CPU's older loop emitters instead of its MLIR fusion emitters: on test_training's
-toy training step (scan_unroll=1) 33 s instead of 46 s to compile, the same step time.
-Tests only: at Lab4's reference dims (16-step unrolled scan) they compiled in 327 s
-instead of 151 s (benchmarks/ab.py, 2026-11-23), so train.py keeps XLA's default.
+thousands of small generated kernels, and level 1 compiles the toy steps much faster with
+the same results to the last bit. Level 0 is faster still, but its SVG programs produce
+NaNs that levels 1 and 2 do not, so not 0. And XLA CPU's older loop emitters instead of
+its MLIR fusion emitters, which compile the toy steps faster; tests only, since at Lab4's
+reference dims they compile slower, so train.py keeps XLA's default.
 
 The toy configs also compile with `scan_unroll=1`: an unrolled loop puts the scan body in
-the program once per step (toy Lab4 gradient: 23 s at 1, 32 s at 2, 35 s at 4). That
-unrolling changes no result is tested on its own (test_rollout_losses, test_deferred).
+the program once per step, and compile time grows with it. That unrolling changes no
+result is tested on its own (test_rollout_losses, test_deferred).
+
+Measurements of all three: benchmarks/NOTES.md, "Test suite compile settings".
 
 CVAE_JAX_TEST_XLA_OPT=default, or a level already in XLA_FLAGS, keeps XLA's own settings.
 """
@@ -98,7 +98,7 @@ def random_module(factory, seed: int = 0):
     """`factory()`'s module with random weights, built without running its initialisers.
 
     Eager initialisation compiles one random-number program per parameter shape
-    (~40 s on 2 cores for a toy Lab4 model); the tests check what the network computes,
+    (tens of seconds for a toy Lab4 model); the tests check what the network computes,
     which any weights show, so they are drawn with numpy at a PyTorch-like scale
     (|w| <= 1/sqrt(fan_in)) to keep activations O(1). BatchNorm running variances are
     drawn positive.

@@ -177,7 +177,7 @@ def test_resume_is_bit_exact(workdir, full_run):
     # epoch, adaptive teacher forcing, best PSNR, base key; the configs differ by name only
     got_cfg, want_cfg = got_meta.pop("config"), want_meta.pop("config")
     assert got_meta == want_meta
-    assert dict(got_cfg, run_name=None) == dict(want_cfg, run_name=None)
+    assert dict(got_cfg, run=None) == dict(want_cfg, run=None)
     for a, b in zip(leaves(got), leaves(want), strict=True):  # params, BN stats, Adam, step
         assert a.dtype == b.dtype and np.array_equal(a, b)
     # the second epoch really trained after the restore

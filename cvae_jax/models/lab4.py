@@ -139,8 +139,9 @@ def training_rollout(model: Lab4CVAE, frames, poses, teacher, key, *, remat=Fals
 
     Everything that does not depend on a previous prediction (the encodings of every
     ground-truth frame and pose, the posterior) is computed for all steps at once outside
-    the scan. (Skipping the in-scan encoding of teacher-forced steps with `lax.cond` was
-    tried and rejected: XLA CPU runs the backward pass of a conditional ~15x slower.)
+    the scan. The in-scan encoding of teacher-forced steps is not skipped with `lax.cond`:
+    XLA CPU runs a conditional's backward pass far slower (benchmarks/NOTES.md,
+    "Teacher-forced fast path").
     """
     frames, poses = time_major(frames), time_major(poses)
     _, pose_feat, moments, mu, logvar = encode_steps(model, frames, poses, remat)
@@ -163,7 +164,7 @@ def teacher_forced_rollout(model: Lab4CVAE, frames, poses, key, *, remat=False, 
     the steps are decoded without a carry; z draws use the rollout engine's per-step keys,
     so the result equals `training_rollout(..., teacher=1)` up to float rounding. Steps are
     decoded one batch at a time (a scan), not all at once: on CPU the per-step tensors stay
-    in cache (measured at the reference dims: 5.4 s per train step against 5.7 s batched).
+    in cache (benchmarks/NOTES.md, "Teacher-forced fast path").
     """
     frames, poses = time_major(frames), time_major(poses)
     feat, pose_feat, moments, mu, logvar = encode_steps(model, frames, poses, remat)
