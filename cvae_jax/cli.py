@@ -128,7 +128,7 @@ def train_parser(argv=None, prog: str = "train.py") -> argparse.ArgumentParser:
                         + f" (default: {DEFAULT_MODEL})")
     common.add_argument("--preset", choices=PRESET_NAMES, metavar="{" + ",".join(PRESET_NAMES) + "}", default=None,
                         help="defaults to start from, per model: " + "; ".join(
-                            f"{m}: {', '.join(p)}" for m, p in PRESETS.items()) + " (README, 'Presets'; default: cpu)")
+                            f"{m}: {', '.join(p)}" for m, p in PRESETS.items()) + "; README, 'Presets' (default: cpu)")
     common.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its latest checkpoint "
                         "with its saved config; only " + ", ".join("--" + f for f in RESUME_FLAGS) +
                         " may be given with it (default: start a new run)")

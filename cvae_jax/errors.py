@@ -28,3 +28,11 @@ class RunFolderError(InputError, FileNotFoundError):
 
 class RunExistsError(InputError, FileExistsError):
     """A new run would write into a folder that already holds one."""
+
+
+class NonFiniteOutputError(InputError, ValueError, FloatingPointError):
+    """A model produced NaN or inf from these inputs (`inference.check_finite`); the message
+    names the video and frame and what in the inputs likely caused it. Inputs unlike the
+    training data are the usual cause, hence an input error (ValueError, as for inputs of a
+    wrong shape); FloatingPointError is what numpy and the training loop's non-finite-loss
+    guard raise for non-finite numbers, so either `except` catches it."""

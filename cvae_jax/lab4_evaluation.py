@@ -3,7 +3,9 @@
 Protocol: each video is generated from its first frame and all its poses, z ~ N(0, I)
 per step (or its mean), and every generated frame 1..T-1 is scored with PSNR (data range
 1, per frame over all pixels) against the ground truth. The test split of the reference
-layout (first frame + poses, no ground truth) is generated but not scored.
+layout (first frame + poses, no ground truth) is generated but not scored. A non-finite
+generated frame stops the evaluation before anything is written (`Lab4Model._why_non_finite`
+says how the video's poses differ from the training poses).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from cvae_jax import media, metrics, plots
 from cvae_jax.data import dance_folder
 from cvae_jax.data.cache import cache_root
 from cvae_jax.data.dance import dataset_root
-from cvae_jax.inference import Restored
+from cvae_jax.inference import Restored, feature_shift, trained_input_mean, value_range
 from cvae_jax.models import lab4
 from cvae_jax.train_step import make_model_fn
 
@@ -32,10 +34,14 @@ def make_generate(graphdef, cfg):
 class Lab4Model(Restored):
     """A restored Lab4 run: `frames = m.generate(first_frame, poses, key)`."""
 
-    def generate(self, first_frame, poses, key=None, z_mode: str | None = None) -> np.ndarray:
+    def generate(self, first_frame, poses, key=None, z_mode: str | None = None,
+                 check: bool = True) -> np.ndarray:
         """first_frame (H, W, 3) or (B, H, W, 3) and poses (T, H, W, 3) or (B, T, H, W, 3),
-        floats in [0, 1] at the model's frame size. Returns frames shaped like the poses,
-        with the first frame at index 0."""
+        floats in [0, 1] at the model's frame size, poses drawn as in the training data (a
+        skeleton on a white canvas: README, "Pose images"). Returns frames shaped like the
+        poses, with the first frame at index 0. A non-finite frame raises
+        `NonFiniteOutputError` naming the video and frame and the likely cause (check=False:
+        return the frames as they are)."""
         first_frame, poses = np.asarray(first_frame, np.float32), np.asarray(poses, np.float32)
         single = poses.ndim == 4
         if single:
@@ -47,7 +53,56 @@ class Lab4Model(Restored):
         cfg = self.config.replace(z_mode=z_mode or self.config.z_mode)
         run = self.compiled(_generate_fn(cfg), cfg, cache_key="generate")
         out = run((first_frame, poses), jax.random.key(0) if key is None else key)
+        if check:
+            names = ["generate: the video"] if single else [f"generate: video {i} of the batch"
+                                                             for i in range(len(out))]
+            self.check_finite(out, names, (first_frame, poses))
         return out[0] if single else out
+
+    def _why_non_finite(self, first_frame, poses) -> str:
+        """How one video's poses differ from the training poses: their mean pixel value
+        against the training poses' (read from the pose encoder's BatchNorm running mean,
+        `inference.trained_input_mean`) and how far their pose features lie from that
+        running mean (`inference.feature_shift`). Features far off grow through the
+        decoder's gated blocks, which square them, until they overflow."""
+        broken = self._broken_inputs_or_params(first_frame, poses)
+        if broken:
+            return broken
+        enc = self.params["pose_encoder"]
+        stats = self.batch_stats["pose_encoder"]["bn"]
+        kernel, bias = np.asarray(enc["conv"]["kernel"][...]), np.asarray(enc["conv"]["bias"][...])
+        running_mean, running_var = np.asarray(stats["mean"][...]), np.asarray(stats["var"][...])
+        shift = float(np.abs(feature_shift(poses, kernel, bias, running_mean, running_var, POSE_PAD,
+                                           "reflect")).max())
+        given, trained = float(np.mean(poses)), trained_input_mean(kernel, bias, running_mean, running_var)
+        sds = f"{shift:.1f}" if shift < 10 else f"{shift:.0f}"
+        facts = (f"their mean pixel value is {given:.3f}, "
+                 + (f"where the poses it was trained on average about {trained:.3f} (read from the pose "
+                    f"encoder's BatchNorm running mean), and their pose features lie {sds} standard "
+                    "deviations from that running mean" if trained is not None else
+                    f"and their pose features lie {sds} standard deviations from the pose encoder's "
+                    "BatchNorm running mean")
+                 + " (the channel furthest off)")
+        if np.min(poses) < -0.01 or np.max(poses) > 1.01:
+            return (f"Likely cause: the poses are not floats in [0, 1] (they span {value_range(poses)}): "
+                    f"{facts}. Scale them to [0, 1] (uint8 images: divide by 255).")
+        far = shift > FAR_SD
+        if (trained - given > CANVAS_GAP) if trained is not None else (far and given < 0.5):
+            return (f"Likely cause: the poses differ from those the model was trained on: {facts}. A "
+                    "black canvas where the training poses were drawn on white? Draw poses as in the "
+                    "training data (a skeleton on a white canvas; README, \"Pose images\"); a skeleton "
+                    "on black converts with `poses = poses + 1 - poses.max(-1, keepdims=True)`.")
+        if far or (trained is not None and given - trained > CANVAS_GAP):
+            return (f"Likely cause: the poses differ from those the model was trained on: {facts}. "
+                    "Draw poses as in the training data (README, \"Pose images\").")
+        return (f"The poses look like the training poses ({facts}) and the checkpoint is finite; "
+                f"the first frame spans {value_range(first_frame)} (expected [0, 1]). The model "
+                "diverges on these inputs by itself.")
+
+
+POSE_PAD = 3       # the pose encoder's reflection padding before its 7x7 conv
+CANVAS_GAP = 0.25  # mean pixel values this far apart: a different canvas
+FAR_SD = 6.0       # a video's mean pose features this many running SDs off: not the training poses
 
 
 def _sequences(cfg, split: str, log):
@@ -71,7 +126,11 @@ def evaluate(model: Lab4Model, cfg, opts, out, log=print) -> dict:
     with_ssim = min(cfg.frame_H, cfg.frame_W) >= window  # SSIM's window must fit in the frame
     scores, ssims, firsts = [], [], []
     for v, (name, first, poses, truth) in enumerate(_sequences(cfg, opts.split, log)):
-        samples = [model.generate(first, poses, jax.random.fold_in(base, v * n + s), mode) for s in range(n)]
+        samples = [model.generate(first, poses, jax.random.fold_in(base, v * n + s), mode, check=False)
+                   for s in range(n)]
+        for s, sample in enumerate(samples):  # before anything is written or scored
+            model.check_finite(sample[None], [f"video {name}" + (f" (sample {s})" if n > 1 else "")],
+                               (first[None], poses[None]))
         firsts.append(samples[0])
         panels = [samples[0]] + ([truth] if truth is not None else []) + [poses]
         media.write_gif(media.side_by_side(*panels), out / f"{name}.gif")

@@ -10,6 +10,7 @@ metric definitions are reported and labelled:
   SSIM mean over the map of all channels;
 - channel: SVG's `finn_eval_seq`, each metric per channel image then averaged over the
   3 channels (PSNR is then higher than the image definition; SSIM NaN -> -1).
+A non-finite predicted frame stops the evaluation before anything is written.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from cvae_jax import media, metrics, plots
 from cvae_jax.data.pushing import PushingData
-from cvae_jax.inference import Restored
+from cvae_jax.inference import Restored, feature_shift, value_range
 from cvae_jax.models import svg
 from cvae_jax.models.vgg64 import IMAGE_SIZE
 
@@ -42,9 +43,11 @@ class SVGModel(Restored):
     """A restored SVG run: `future = m.predict(context, cond, key, n_future=10)`."""
 
     def predict(self, context, cond, key=None, n_future: int | None = None,
-                z_mode: str | None = None) -> np.ndarray:
+                z_mode: str | None = None, check: bool = True) -> np.ndarray:
         """context (n_past, 64, 64, 3) and cond (>= n_past + n_future, 7), optionally
-        batched, floats (frames in [0, 1]); returns the n_future predicted frames."""
+        batched, floats (frames in [0, 1]); returns the n_future predicted frames. A
+        non-finite frame raises `NonFiniteOutputError` naming the sequence and frame and
+        the likely cause (check=False: return the frames as they are)."""
         cfg = self.config
         context, cond = np.asarray(context, np.float32), np.asarray(cond, np.float32)
         single = context.ndim == 4
@@ -62,7 +65,31 @@ class SVGModel(Restored):
         run = self.compiled(lambda m, batch, k: svg.predict_batch(m, batch, k, cfg, n_future=n_future, z_mode=mode),
                             cache_key=("predict", n_future, mode))
         out = run((context, cond), jax.random.key(0) if key is None else key)
+        if check:
+            names = ["predict: the sequence"] if single else [f"predict: sequence {i} of the batch"
+                                                               for i in range(len(out))]
+            self.check_finite(out, names, (context, cond), first_index=cfg.n_past, what="predicted frames")
         return out[0] if single else out
+
+    def _why_non_finite(self, context, cond) -> str:
+        """How one sequence's inputs differ from the training data: the context frames' value
+        range, and how far their features in the encoder's first layer lie from its
+        BatchNorm running mean (`inference.feature_shift`)."""
+        broken = self._broken_inputs_or_params(context, cond)
+        if broken:
+            return broken
+        layer = self.params["encoder"]["c1"][0]
+        stats = self.batch_stats["encoder"]["c1"][0]["bn"]
+        shift = float(np.abs(feature_shift(context, layer["conv"]["kernel"][...], layer["conv"]["bias"][...],
+                                           stats["mean"][...], stats["var"][...], 1)).max())
+        facts = (f"the context frames span {value_range(context)} (mean {float(np.mean(context)):.3f}) and "
+                 f"their features in the encoder's first layer lie {shift:.1f} standard deviations from its "
+                 f"BatchNorm running mean (the channel furthest off); cond spans {value_range(cond)}")
+        if np.min(context) < -0.01 or np.max(context) > 1.01:
+            return (f"Likely cause: the context frames are not floats in [0, 1]: {facts}. Scale them "
+                    "to [0, 1] (uint8 images: divide by 255).")
+        return (f"Inputs compared with the training data: {facts}. Context or cond unlike the "
+                "training sequences' can drive the model out of range.")
 
 
 def evaluate(model: SVGModel, cfg, opts, out: pathlib.Path, log=print) -> dict:
@@ -81,7 +108,12 @@ def evaluate(model: SVGModel, cfg, opts, out: pathlib.Path, log=print) -> dict:
         samples = []
         for s in range(num_samples):
             key = jax.random.fold_in(jax.random.fold_in(base, c), s)
-            pred = model.predict(frames[:, :n_past], cond, key, n_future=n_future, z_mode=z_mode)[:b]
+            pred = model.predict(frames[:, :n_past], cond, key, n_future=n_future, z_mode=z_mode,
+                                 check=False)[:b]
+            names = [f"{split} sequence {c * len(frames) + i}" + (f" (sample {s})" if num_samples > 1 else "")
+                     for i in range(b)]  # checked before anything is written or scored
+            model.check_finite(pred, names, (frames[:b, :n_past], cond[:b]), first_index=n_past,
+                               what="predicted frames")
             for m, v in _scores(pred, truth).items():
                 chunk[m].append(v)
             if len(gifs) < GIF_SEQUENCES or save_frames:
