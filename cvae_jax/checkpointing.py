@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cvae_jax import models
+from cvae_jax import distributed, models
 from cvae_jax.config import Config
 from cvae_jax.errors import ConfigError, RunFolderError
 from cvae_jax.train_step import init_state
@@ -87,6 +87,39 @@ def restore(manager: ocp.CheckpointManager, like, step: int | None = None):
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                         meta=ocp.args.JsonRestore()))
     return out.state, out.meta
+
+
+def has_checkpoint(run_dir) -> bool:
+    """Whether `run_dir` holds a run that can continue (a config and a checkpoint folder)."""
+    ckpts = pathlib.Path(run_dir) / "checkpoints"
+    return (pathlib.Path(run_dir) / CONFIG_FILE).is_file() and ckpts.is_dir() and any(ckpts.iterdir())
+
+
+def restore_latest_complete(manager: ocp.CheckpointManager, like, log=print):
+    """(state, meta, step) of the newest checkpoint that restores. A checkpoint damaged
+    after its commit (a truncated or missing file) is reported, moved to `damaged/` beside
+    the checkpoint folder (so the continued run can save that step again), and the one
+    before it used; orbax itself never lists a save that did not commit."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    folder = pathlib.Path(manager.directory)
+    for n, step in enumerate(steps):
+        try:
+            state, meta = restore(manager, like, step)
+        except Exception as e:  # orbax/tensorstore raise many kinds for a damaged folder
+            problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            aside = folder.parent / "damaged" / f"{folder.name}_{step}"
+            if jax.process_index() == 0:
+                aside.parent.mkdir(exist_ok=True)
+                (folder / str(step)).rename(aside)
+            log(f"checkpoint {step} in {folder} cannot be restored ({problem}); moved to {aside}"
+                + (f"; falling back to checkpoint {steps[n + 1]}" if n + 1 < len(steps) else ""))
+            continue
+        if n:  # every process failed on the same steps; all see them moved before going on
+            distributed.sync("cvae_jax: damaged checkpoints moved")
+            manager.reload()
+        return state, meta, step
+    raise RunFolderError(f"no checkpoint in {manager.directory} can be restored"
+                         + (f" (tried {steps})" if steps else ""))
 
 
 def key_to_json(key) -> list[int]:

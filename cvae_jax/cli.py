@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
 import traceback
 import types
@@ -221,8 +220,8 @@ def train_main(argv=None, prog: str = "cvae-jax-train"):
         try:
             run_dir = (train_and_evaluate(resume=args.resume, **given) if args.resume
                        else train_and_evaluate(cfg))
-        except Preempted:  # saved and logged; the exit status of a process ended by SIGTERM
-            sys.exit(128 + signal.SIGTERM)
+        except Preempted as stopped:  # saved and logged; the exit status of a process ended by the signal
+            sys.exit(128 + stopped.signum)
         if is_main():
             print(compilation_cache_summary())
         return run_dir

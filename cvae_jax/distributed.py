@@ -14,6 +14,8 @@ With one process every helper here reduces to the single-process code path
 
 from __future__ import annotations
 
+import signal
+
 from typing import Sequence
 
 import jax
@@ -59,8 +61,13 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 
 class Preempted(Exception):
-    """A process of a multi-process run got SIGTERM (a scheduler's preemption notice, or
-    `kill`); every process stopped after the same step."""
+    """Training stopped on a signal after a step and saved a checkpoint: SIGTERM (a
+    scheduler's preemption notice, or `kill`) to any process, or SIGINT in one process.
+    Every process stopped after the same step; `signum` is the signal."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 def preemption_requested(step: int) -> bool:

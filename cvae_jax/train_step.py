@@ -115,10 +115,14 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: -sched.lr * u, updates)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
-                       param_norm=optax.tree.norm(params),
+        grad_norm = optax.tree.norm(grads)
+        # a non-finite step is not applied, so the loop may read its loss a step late
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), (params, batch_stats, opt_state),
+                           (state.params, state.batch_stats, state.opt_state))
+        metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(new[0]),
                        teacher=jnp.mean(teacher))
-        return TrainState(params, batch_stats, opt_state, state.step + 1), metrics
+        return TrainState(*new, state.step + ok.astype(state.step.dtype)), metrics
 
     return jit(train_step, cfg, donate_argnums=(0,) if donate else ())
 

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import json
+import os
 import pathlib
+import queue
+import signal
+import threading
 import time
 
 import jax
@@ -26,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from cvae_jax import checkpointing, distributed, media, metrics, models, plots, schedules
-from cvae_jax.config import Config, check_resume_changes
+from cvae_jax.config import RESUME_FLAGS, Config, check_resume_changes
 from cvae_jax.errors import ConfigError, RunExistsError
 from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_step
 
@@ -37,6 +42,10 @@ class Progress:
     epoch: int = 0            # epoch in progress
     step_in_epoch: int = 0    # batches of that epoch already applied
     adaptive_tfr: dict | None = None
+    sums: dict = dataclasses.field(default_factory=dict)  # the epoch's metric sums so far
+    n_done: int = 0           # steps in those sums
+    schedule_epochs: int = 0  # the run length the schedules keep (a resume may train longer)
+    schedule_steps: int = 0
 
     def to_json(self, base_key, cfg: Config) -> dict:
         """The checkpoint's `meta` item: this state, the base key, and the resolved config
@@ -45,9 +54,14 @@ class Progress:
                     config=cfg.to_json())
 
     @classmethod
-    def from_json(cls, meta: dict) -> "Progress":
+    def from_json(cls, meta: dict, cfg: Config, data) -> "Progress":
+        """Checkpoints written before the schedule lengths were kept had the run's own."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in meta.items() if k in names})
+        progress = cls(**{k: v for k, v in meta.items() if k in names})
+        saved = Config.from_json(meta["config"]) if "config" in meta else cfg
+        progress.schedule_epochs = progress.schedule_epochs or saved.num_epoch
+        progress.schedule_steps = progress.schedule_steps or total_steps(saved, data)
+        return progress
 
 
 def data_mesh():
@@ -71,13 +85,14 @@ def total_steps(cfg: Config, data) -> int:
     return sum(data.steps_in_epoch(e) for e in range(cfg.num_epoch))
 
 
-def schedule_at(cfg: Config, epoch: int, global_step: int, n_total: int, progress: Progress) -> Schedule:
-    lr = schedules.learning_rate(cfg.lr_schedule, cfg.lr, epoch, global_step, n_total,
+def schedule_at(cfg: Config, epoch: int, global_step: int, progress: Progress) -> Schedule:
+    """The step's schedule values; run-length schedules use the length the run started with."""
+    lr = schedules.learning_rate(cfg.lr_schedule, cfg.lr, epoch, global_step, progress.schedule_steps,
                                  cfg.lr_milestones, cfg.lr_gamma)
     per_step = cfg.kl_anneal_per == "step"
     beta = cfg.beta * schedules.kl_beta(cfg.kl_anneal_type, global_step if per_step else epoch,
-                             n_total if per_step else cfg.num_epoch, cfg.kl_anneal_cycle,
-                             cfg.kl_anneal_ratio)
+                                        progress.schedule_steps if per_step else progress.schedule_epochs,
+                                        cfg.kl_anneal_cycle, cfg.kl_anneal_ratio)
     if cfg.tfr_adaptive:
         tfr = schedules.AdaptiveTFR.from_dict(progress.adaptive_tfr).ratio
     else:
@@ -111,35 +126,62 @@ def new_run_dir(cfg: Config) -> pathlib.Path:
     return pathlib.Path(cfg.save_root) / f"{cfg.model}_{cfg.preset}_{day:08d}-{time_of_day:06d}"
 
 
+def _refuse_length_change(cfg: Config, new_epochs: int, run_dir) -> None:
+    """A resume that changes --num_epoch keeps every schedule's period (the KL annealing's
+    length stays the run's first --num_epoch or step count); a cosine learning rate, which
+    reaches 0 at the end of the first length, cannot keep it usefully and is refused."""
+    if new_epochs != cfg.num_epoch and cfg.lr_schedule == "cosine":
+        raise ConfigError(f"--num_epoch cannot change on --resume of {run_dir}: its cosine --lr_schedule "
+                          f"reaches 0 at the end of its {cfg.num_epoch} epochs; start a new run instead")
+
+
+def _open_run(cfg: Config | None, resume, resume_changes: dict, log) -> tuple[Config, pathlib.Path, bool]:
+    """(config, run folder, whether it continues a run): `--resume RUN`, or a new run whose
+    folder already holds this same config (a requeued job re-running its command)."""
+    if resume:
+        run_dir = pathlib.Path(resume)
+        saved = checkpointing.load_config(run_dir)
+    else:
+        cfg = cfg.validated()
+        run_dir = new_run_dir(cfg)
+        if not checkpointing.has_checkpoint(run_dir):
+            return cfg, run_dir, False
+        saved = checkpointing.load_config(run_dir)
+        resume_changes = {f: v for f, v in cfg.flat().items() if f in RESUME_FLAGS and v != saved.flat().get(f)}
+        differing = [f for f, v in cfg.flat().items() if f not in RESUME_FLAGS and saved.flat().get(f) != v]
+        if cfg.model != saved.model or differing:
+            first = "model" if cfg.model != saved.model else differing[0]
+            theirs = saved.model if first == "model" else saved.flat().get(first)
+            raise RunExistsError(f"{run_dir} already holds a run with another config (--{first} {theirs!r} there, "
+                                 f"{getattr(cfg, first)!r} here); choose another --run_name, or pass --resume "
+                                 f"{run_dir} to continue it")
+        log(f"{run_dir} holds this run: continuing it")
+    check_resume_changes(resume_changes, run_dir)
+    if "num_epoch" in resume_changes:
+        _refuse_length_change(saved, resume_changes["num_epoch"], run_dir)
+    return saved.replace(**resume_changes).validated(), run_dir, True
+
+
 def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                        num_epoch: int | None = None, log=print, **resume_changes) -> pathlib.Path:
-    """Train (or resume) a run; returns the run folder.
+    """Train (or continue) a run; returns the run folder.
 
-    A resume uses the run's saved config; `num_epoch` and `resume_changes` may change only
-    the flags marked `resume` (`config.RESUME_FLAGS`). A resume that raises `num_epoch`
-    continues exactly only for schedules that do not depend on the run length: cosine LR
-    and per-step KL annealing are stretched to the new total from the resumed step on.
+    A run continues from its latest complete checkpoint when `resume` names its folder, or
+    when `cfg`'s run folder already holds a run of the same config. `num_epoch` and
+    `resume_changes` may change only the flags marked `resume` (`config.RESUME_FLAGS`);
+    schedules keep their period (`_refuse_length_change`).
 
+    SIGTERM or SIGINT (in one process; SIGTERM to any process of a multi-process run)
+    saves a checkpoint after the current step and raises `distributed.Preempted`.
     In a multi-process run every process calls this with the same arguments; only
     process 0 writes files and calls `log`.
     """
     t_start = time.perf_counter()
     main = distributed.is_main()
     log = log if main else _silent
-    if resume:
-        run_dir = pathlib.Path(resume)
-        cfg = checkpointing.load_config(run_dir)
-        if num_epoch is not None:
-            resume_changes["num_epoch"] = num_epoch
-        check_resume_changes(resume_changes, run_dir)
-        cfg = cfg.replace(**resume_changes).validated()
-    else:
-        cfg = cfg.validated()
-        run_dir = new_run_dir(cfg)
-        ckpts = run_dir / "checkpoints"
-        if ckpts.is_dir() and any(ckpts.iterdir()):
-            raise RunExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
-                                 "or choose another --run_name")
+    if num_epoch is not None:
+        resume_changes["num_epoch"] = num_epoch
+    cfg, run_dir, resuming = _open_run(cfg, resume, resume_changes, log)
     records = _read_records(run_dir)
     mesh = data_mesh()
     if cfg.batch_size % mesh.size:
@@ -152,18 +194,19 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     batch_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
 
-    n_total = total_steps(cfg, data)
     base_key = jax.random.key(cfg.seed)
     graphdef, state = init_state(cfg, jax.random.fold_in(base_key, 0))
     last_mgr, best_mgr = checkpointing.managers(run_dir, cfg.keep_last)
-    progress = Progress(adaptive_tfr=schedules.AdaptiveTFR(cfg.tfr).to_dict() if cfg.tfr_adaptive else None)
+    progress = Progress(adaptive_tfr=schedules.AdaptiveTFR(cfg.tfr).to_dict() if cfg.tfr_adaptive else None,
+                        schedule_epochs=cfg.num_epoch, schedule_steps=total_steps(cfg, data))
     state = distributed.global_array(state, replicated)
-    if resume:
-        state, meta = checkpointing.restore(last_mgr, state)
+    if resuming:
+        state, meta, step = checkpointing.restore_latest_complete(last_mgr, state, log)
         base_key = checkpointing.key_from_json(meta["key"])
-        progress = Progress.from_json(meta)
+        progress = Progress.from_json(meta, cfg, data)
         records = [r for r in records if r["epoch"] < progress.epoch]
-        log(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step_in_epoch} of it")
+        log(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step_in_epoch} of it "
+            f"(checkpoint {step})")
     if main:
         _write_records(run_dir, records)
 
@@ -171,45 +214,59 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     predict = make_predict(graphdef, cfg)
     baseline = data.baseline_psnr()
     global_step = int(state.step)
-    epoch_start_step = global_step - progress.step_in_epoch
+    stop = _StopSignals()
+    pending = None  # (metrics on the device, epoch, global step) of the last dispatched step
 
-    try:
+    def drain():
+        """Host copy of the last step's metrics; a non-finite loss stops the run (that step
+        left the state unchanged: `train_step.make_train_step`)."""
+        nonlocal pending
+        if pending is None:
+            return
+        m, epoch, step = pending
+        pending = None
+        m = {k: float(v) for k, v in distributed.to_host(m).items()}
+        if not np.isfinite(m["loss"]) or not np.isfinite(m["grad_norm"]):
+            saved = (f"the last checkpoint in {run_dir / 'checkpoints'} is intact"
+                     if last_mgr.latest_step() is not None else
+                     f"no checkpoint was saved yet in {run_dir / 'checkpoints'}")
+            raise FloatingPointError(f"non-finite loss {m['loss']} at epoch {epoch}, step {step}; "
+                                     f"{saved} (lower --lr?)")
+        for k, v in m.items():
+            progress.sums[k] = progress.sums.get(k, 0.0) + v
+        progress.n_done += 1
+        bar.set_postfix(loss=f"{m['loss']:.4f}", mse=f"{m['mse']:.4f}", kl=f"{m['kl']:.1f}", refresh=False)
+
+    bar = None
+    with stop:
         for epoch in range(progress.epoch, cfg.num_epoch):
             n_steps = data.steps_in_epoch(epoch)
-            epoch_start_step = global_step - progress.step_in_epoch
-            sched = schedule_at(cfg, epoch, global_step, n_total, progress)
-            batches = data.epoch_batches(epoch)
-            sums, n_done, bar = {}, 0, tqdm(total=n_steps, initial=progress.step_in_epoch, desc=f"epoch {epoch}",
-                                 dynamic_ncols=True, leave=False, disable=not main)
-            for i, batch in enumerate(batches):
-                if i >= n_steps:
-                    break
-                if i < progress.step_in_epoch:
-                    continue  # applied before the interruption
-                sched = schedule_at(cfg, epoch, global_step, n_total, progress)
+            sched = schedule_at(cfg, epoch, global_step, progress)
+            bar = tqdm(total=n_steps, initial=progress.step_in_epoch, desc=f"epoch {epoch}",
+                       dynamic_ncols=True, leave=False, disable=not main)
+            batches = itertools.islice(data.epoch_batches(epoch), progress.step_in_epoch, n_steps)
+            batches = _prefetched(batches) if PIPELINE else batches
+            for i, batch in enumerate(batches, start=progress.step_in_epoch):
+                sched = schedule_at(cfg, epoch, global_step, progress)
                 epoch_key, step_key = _keys(base_key, epoch, global_step)
                 state, m = train_step(state, distributed.global_array(batch, batch_sharding), sched,
                                       epoch_key, step_key)
-                m = {k: float(v) for k, v in distributed.to_host(m).items()}
-                if not np.isfinite(m["loss"]):
-                    saved = (f"the last checkpoint in {run_dir / 'checkpoints'} is intact"
-                             if last_mgr.latest_step() is not None else
-                             f"no checkpoint was saved yet in {run_dir / 'checkpoints'}")
-                    raise FloatingPointError(f"non-finite loss {m['loss']} at epoch {epoch}, step "
-                                             f"{global_step}; {saved} (lower --lr?)")
+                drain()  # the previous step's metrics, read while this one runs
+                pending = (m, epoch, global_step)
+                if not PIPELINE:
+                    drain()
                 global_step += 1
                 progress.step_in_epoch = i + 1
-                for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_done += 1
-                bar.set_postfix(loss=f"{m['loss']:.4f}", mse=f"{m['mse']:.4f}", kl=f"{m['kl']:.1f}",
-                                beta=f"{float(sched.beta):.3f}", tfr=f"{float(sched.tfr):.2f}", refresh=False)
                 bar.update(1)
-                if distributed.preemption_requested(global_step):
-                    raise distributed.Preempted(f"stopped on SIGTERM at epoch {epoch}, step {i + 1} of it; "
-                                                f"continue with --resume {run_dir}")
+                signum = stop.requested(global_step, distributed.preemption_requested(global_step))
+                if signum:
+                    drain()
+                    bar.close()
+                    _save_stopped(last_mgr, state, progress, base_key, cfg, run_dir, signum, log)
+                    raise distributed.Preempted(signum)
+            drain()
             bar.close()
-            record = {"epoch": epoch, **{k: v / max(n_done, 1) for k, v in sums.items()},
+            record = {"epoch": epoch, **{k: v / max(progress.n_done, 1) for k, v in progress.sums.items()},
                       "beta": float(sched.beta), "tfr": float(sched.tfr), "lr": float(sched.lr),
                       "steps": global_step, "seconds": round(time.perf_counter() - t_start, 1)}
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.num_epoch:
@@ -218,8 +275,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                 _after_validation(cfg, progress, record["val_psnr"])
                 if main:
                     _write_run_figures(run_dir, records + [record], psnr, preds, data, baseline)
-            progress.epoch, progress.step_in_epoch = epoch + 1, 0
-            epoch_start_step = global_step
+            progress.epoch, progress.step_in_epoch, progress.sums, progress.n_done = epoch + 1, 0, {}, 0
             records.append(record)
             if main:
                 _write_records(run_dir, records)
@@ -229,40 +285,96 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                 checkpointing.save(last_mgr, global_step, state, meta)
                 if record.get("val_psnr") is not None:
                     checkpointing.save(best_mgr, global_step, state, meta, {"val_psnr": record["val_psnr"]})
-    except distributed.Preempted as stop:  # every process is here, after the same step
-        _save_interrupted(last_mgr, state, progress, epoch_start_step, base_key, cfg, run_dir, log)
-        log(str(stop))
-        raise
-    except KeyboardInterrupt:
-        if jax.process_count() > 1:  # a save needs every process, each at the same step
-            log(f"interrupted: the last checkpoint in {run_dir / 'checkpoints'} stands (SIGTERM to "
-                "any process stops all of them with a checkpoint)")
-            raise
-        _save_interrupted(last_mgr, state, progress, epoch_start_step, base_key, cfg, run_dir, log)
-        raise
     last_mgr.wait_until_finished()
     best_mgr.wait_until_finished()
     log(_summary(run_dir, records, baseline, data.baseline_name, time.perf_counter() - t_start))
     return run_dir
 
 
+class _StopSignals:
+    """SIGTERM and SIGINT ask the loop to stop after the current step (it then saves); a
+    second SIGINT interrupts at once. In a multi-process run JAX's preemption service owns
+    SIGTERM and makes every process stop at the same step (`distributed.preemption_requested`),
+    so SIGINT is handed to it as a SIGTERM to this process."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum, self._previous, self._self_signal = None, {}, None
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+        if jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def requested(self, global_step: int, preempted: bool):
+        """The signal to stop on after `global_step` steps, if any; in a multi-process run
+        only at the step every process agreed on (`preempted`)."""
+        if self._self_signal and self._self_signal[1] == global_step:
+            os.kill(os.getpid(), self._self_signal[0])
+        if jax.process_count() > 1:
+            return (self.signum or signal.SIGTERM) if preempted else None
+        return self.signum
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach Python's main thread only
+        if jax.process_count() == 1:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        elif jax.config.jax_enable_preemption_service:
+            self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._handle)}
+        if self._previous:
+            if os.environ.get(SELF_SIGNAL_ENV):  # the resume tests' clock: a real signal at a set step
+                name, _, step = os.environ[SELF_SIGNAL_ENV].partition("@")
+                self._self_signal = (signal.Signals[name], int(step))
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+# Batches built on a thread and metrics read a step late, so the host never stalls the
+# device; False is the serial loop, kept for benchmarks/loop.py's comparison.
+PIPELINE = True
+SELF_SIGNAL_ENV = "CVAE_JAX_TEST_SIGNAL"  # "SIGTERM@3": the process signals itself after global step 3
+
+
+def _prefetched(batches, depth: int = 2):
+    """Batches built on a worker thread, `depth` ahead of the step that takes them."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for b in batches:
+                q.put(b)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+        q.put(done)
+
+    threading.Thread(target=work, daemon=True, name="cvae_jax-batches").start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 def _silent(line: str) -> None:
     """`log` in processes other than 0."""
 
 
-def _save_interrupted(manager, state, progress, epoch_start_step, base_key, cfg, run_dir, log) -> None:
-    """Checkpoint mid-epoch on Ctrl-C; the position comes from the state's own step
-    counter, so it is right whether or not the interrupt hit between step and bookkeeping."""
-    try:
-        step = int(state.step)
-    except RuntimeError:  # the interrupt landed while the donated state was in flight
-        log(f"interrupted mid-step: the last checkpoint in {run_dir / 'checkpoints'} stands")
-        return
-    progress.step_in_epoch = step - epoch_start_step
-    log(f"interrupted: saving epoch {progress.epoch} step {progress.step_in_epoch} to {run_dir}")
+def _save_stopped(manager, state, progress, base_key, cfg, run_dir, signum, log) -> None:
+    """Checkpoint mid-epoch (the partial epoch sums with it) and say how to continue."""
+    step = int(state.step)
     if step not in manager.all_steps():
         checkpointing.save(manager, step, state, progress.to_json(base_key, cfg))
     manager.wait_until_finished()
+    log(f"stopped by {signal.Signals(signum).name} at epoch {progress.epoch}, step {progress.step_in_epoch} "
+        f"of it: saved {pathlib.Path(manager.directory) / str(step)}; continue with the same command, or "
+        f"train.py --resume {run_dir}")
 
 
 def _after_validation(cfg: Config, progress: Progress, val_psnr: float) -> None:

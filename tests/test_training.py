@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -26,7 +30,10 @@ from conftest import CACHE_ROOT, ROOT
 from cvae_jax import checkpointing
 from cvae_jax.cli import config_from_args, train_parser
 from cvae_jax.config import Config, preset
-from cvae_jax.training import train_and_evaluate
+from cvae_jax.distributed import Preempted
+from cvae_jax.errors import ConfigError
+from cvae_jax.train_step import Schedule, init_state, make_train_step
+from cvae_jax.training import SELF_SIGNAL_ENV, train_and_evaluate
 
 QUIET = lambda line: None  # noqa: E731
 PARALLEL_TIMEOUT = 900  # seconds a test waits for its runs; a hung rendezvous fails the test, not the session
@@ -72,7 +79,10 @@ DP_SCRIPT = """
 import json, sys
 import jax
 from cvae_jax.config import Config
-from cvae_jax.training import train_and_evaluate
+from cvae_jax.distributed import Preempted
+from cvae_jax.errors import ConfigError
+from cvae_jax.train_step import Schedule, init_state, make_train_step
+from cvae_jax.training import SELF_SIGNAL_ENV, train_and_evaluate
 assert jax.device_count() == 2, jax.devices()
 run = train_and_evaluate(Config.from_json(json.loads(sys.argv[1])), log=lambda line: None)
 print("DEVICES", jax.device_count())
@@ -164,26 +174,19 @@ def full_run(workdir):
 # --------------------------------------------------------------------------- resume
 
 
-def test_resume_is_bit_exact(workdir, full_run):
-    split = train_and_evaluate(tiny_config(workdir, num_epoch=1, run_name="split"), log=QUIET)
-    after_one, _ = restored(split)
-    lines = []
-    assert train_and_evaluate(resume=str(split), num_epoch=2, log=lines.append) == split
-    assert any("resuming" in line and "epoch 1" in line for line in lines)
-
-    want, want_meta = restored(full_run)
-    got, got_meta = restored(split)
+def assert_same_run(got_dir, want_dir):
+    """Every parameter, BatchNorm statistic, Adam leaf and the step, the checkpoint meta
+    and every epoch record (but wall time) of two runs are equal."""
+    want, want_meta = restored(want_dir)
+    got, got_meta = restored(got_dir)
     assert int(got.step) == int(want.step) == 4
-    # epoch, adaptive teacher forcing, best PSNR, base key; the configs differ by name only
+    # epoch, adaptive teacher forcing, partial sums, base key; the configs differ by name only
     got_cfg, want_cfg = got_meta.pop("config"), want_meta.pop("config")
     assert got_meta == want_meta
     assert dict(got_cfg, run=None) == dict(want_cfg, run=None)
-    for a, b in zip(leaves(got), leaves(want), strict=True):  # params, BN stats, Adam, step
+    for a, b in zip(leaves(got), leaves(want), strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
-    # the second epoch really trained after the restore
-    assert not all(np.array_equal(a, b) for a, b in zip(leaves(got.params), leaves(after_one.params)))
-
-    got_records, want_records = records(split), records(full_run)
+    got_records, want_records = records(got_dir), records(want_dir)
     assert [r["epoch"] for r in got_records] == [0, 1]
     for g, w in zip(got_records, want_records, strict=True):
         g.pop("seconds"), w.pop("seconds")
@@ -193,9 +196,76 @@ def test_resume_is_bit_exact(workdir, full_run):
     assert want_records[0]["beta"] != want_records[1]["beta"]
 
 
-def test_new_run_refuses_an_existing_run_folder(workdir, full_run):
-    with pytest.raises(FileExistsError, match="--resume"):
-        train_and_evaluate(tiny_config(workdir, run_name="full"), log=QUIET)
+@pytest.mark.parametrize("signame,step", [("SIGTERM", 2), ("SIGINT", 3)])
+def test_a_signal_saves_after_the_step_and_resume_is_bit_exact(workdir, full_run, monkeypatch, signame, step):
+    """A real signal after global step 2 (the end of epoch 0, before its record) or 3 (mid
+    epoch 1): the run saves that step with the epoch's partial sums; the resume equals the
+    uninterrupted run in every leaf and record."""
+    name = f"stopped_{signame}"
+    monkeypatch.setenv(SELF_SIGNAL_ENV, f"{signame}@{step}")
+    lines = []
+    with pytest.raises(Preempted) as stopped:
+        train_and_evaluate(tiny_config(workdir, run_name=name), log=lines.append)
+    assert stopped.value.signum == signal.Signals[signame]
+    run_dir = workdir / "runs" / name
+    assert lines[-1] == (f"stopped by {signame} at epoch {(step - 1) // 2}, step {(step - 1) % 2 + 1} of it: saved "
+                         f"{run_dir / 'checkpoints' / str(step)}; continue with the same command, or "
+                         f"train.py --resume {run_dir}")
+    assert signal.getsignal(signal.Signals[signame]) is not None  # the handlers are put back
+    monkeypatch.delenv(SELF_SIGNAL_ENV)
+    lines = []
+    train_and_evaluate(resume=str(run_dir), log=lines.append)
+    assert any(f"resuming {run_dir} at epoch {(step - 1) // 2}" in line for line in lines)
+    assert_same_run(run_dir, full_run)
+
+
+def test_another_config_in_the_run_folder_is_refused_naming_the_field(workdir, full_run):
+    with pytest.raises(FileExistsError, match=r"--lr 0\.001 there, 0\.5 here\).*--resume"):
+        train_and_evaluate(tiny_config(workdir, run_name="full", lr=0.5), log=QUIET)
+
+
+def test_resume_keeps_schedule_periods(workdir, full_run, tmp_path):
+    """A longer resume keeps the KL annealing's period (the first run's 2 epochs): beta in
+    epoch 2 is the Monotonic schedule's over 2 epochs, not a ramp re-stretched over 3."""
+    from cvae_jax import schedules
+    longer = pathlib.Path(shutil.copytree(full_run, tmp_path / "longer"))
+    train_and_evaluate(resume=str(longer), num_epoch=3, log=QUIET)
+    got = records(longer)
+    assert [r["epoch"] for r in got] == [0, 1, 2]
+    kept, stretched = schedules.kl_beta("Monotonic", 2, 2, 1, 1.0), schedules.kl_beta("Monotonic", 2, 3, 1, 1.0)
+    assert got[2]["beta"] == kept != stretched
+    # cosine learning rates end at 0 with the first length: a longer resume is refused
+    cosine = tmp_path / "cosine"
+    shutil.copytree(full_run, cosine)
+    cfg = checkpointing.load_config(cosine).replace(lr_schedule="cosine")
+    checkpointing.save_config(cosine, cfg)
+    with pytest.raises(ConfigError, match="--num_epoch cannot change on --resume .*cosine"):
+        train_and_evaluate(resume=str(cosine), num_epoch=3, log=QUIET)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(workdir, full_run, tmp_path):
+    run_dir = pathlib.Path(shutil.copytree(full_run, tmp_path / "damaged"))
+    newest = run_dir / "checkpoints" / "4" / "state"
+    for f in [p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 1000]:
+        f.write_bytes(f.read_bytes()[:100])  # truncated, as by a crash or a full disk
+    lines = []
+    train_and_evaluate(resume=str(run_dir), log=lines.append)
+    assert any("checkpoint 4 in" in line and "falling back to checkpoint 2" in line for line in lines), lines
+    assert any(f"resuming {run_dir} at epoch 1, step 0 of it (checkpoint 2)" in line for line in lines)
+    assert_same_run(run_dir, full_run)
+
+
+def test_a_non_finite_step_is_not_applied(workdir):
+    cfg = tiny_config(workdir)
+    graphdef, state = init_state(cfg, jax.random.key(0))
+    step = make_train_step(graphdef, cfg)
+    frames = np.full((2, 4, 8, 16, 3), np.nan, np.float32)
+    sched = Schedule(*(jnp.float32(v) for v in (1e-3, 1.0, 1.0)))
+    before = [np.array(x) for x in jax.tree.leaves(state)]
+    after, m = step(jax.tree.map(jnp.copy, state), (frames, frames), sched, jax.random.key(1), jax.random.key(2))
+    assert not np.isfinite(float(m["loss"]))
+    for a, b in zip(jax.tree.leaves(after), before, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)
 
 
 def test_data_parallel_matches_single_device(workdir, full_run, parallel_runs):
@@ -388,13 +458,25 @@ def cli_flags(cfg: Config) -> list[str]:
     return argv
 
 
-def test_train_py_end_to_end(workdir):
-    cfg = tiny_config(workdir, num_epoch=1, run_name="cli")
+def test_train_py_end_to_end(workdir, full_run):
+    """train.py stopped by SIGTERM mid-epoch (exit 143, one line saying how to continue),
+    then the same command again: it continues the run, loads the compiled programs from
+    the persistent cache, writes every file, and ends equal to the uninterrupted run."""
+    cfg = tiny_config(workdir, run_name="cli")
     assert parse(*cli_flags(cfg)) == cfg
-    proc = subprocess.run([sys.executable, "train.py", *cli_flags(cfg)], cwd=ROOT, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    command = [sys.executable, "train.py", *cli_flags(cfg)]
+    first = subprocess.run(command, cwd=ROOT, env=subprocess_env(**{SELF_SIGNAL_ENV: "SIGTERM@3"}),
+                           capture_output=True, text=True, timeout=900)
     run_dir = workdir / "runs" / "cli"
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-4000:]
+    assert (f"stopped by SIGTERM at epoch 1, step 1 of it: saved {run_dir / 'checkpoints' / '3'}; "
+            "continue with the same command") in first.stdout
+    proc = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"{run_dir} holds this run: continuing it" in proc.stdout
+    reused = re.search(r"compiled programs: (\d+) of (\d+) loaded from the cache", proc.stdout)
+    assert reused and int(reused.group(1)) > 0, proc.stdout
+    assert_same_run(run_dir, full_run)
     assert f"run folder: {run_dir}" in proc.stdout
     assert re.search(r"final validation PSNR -?\d+\.\d+ dB vs copy-first-frame baseline -?\d+\.\d+ dB",
                      proc.stdout), proc.stdout
@@ -404,12 +486,6 @@ def test_train_py_end_to_end(workdir):
     for name in ("checkpoints", "best"):
         assert (run_dir / name).is_dir() and any((run_dir / name).iterdir()), name
     assert checkpointing.load_config(run_dir) == cfg
-    # a second run of the same shapes loads every compiled program from the persistent cache
-    again = subprocess.run([sys.executable, "train.py", *cli_flags(cfg.replace(run_name="cli_again"))],
-                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-4000:]
-    reused = re.search(r"compiled programs: (\d+) of (\d+) loaded from the cache", again.stdout)
-    assert reused and int(reused.group(1)) > 0, again.stdout
 
 
 @pytest.fixture
