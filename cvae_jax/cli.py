@@ -17,12 +17,13 @@ import traceback
 import types
 import typing
 
+from cvae_jax import models
 from cvae_jax.config import (COMMON_SECTIONS, FLAGS, MODEL_SECTIONS, MODELS, PRESET_NAMES, PRESETS,
                              RESUME_FLAGS, Config, check_resume_changes, flag_name, preset)
+from cvae_jax.errors import InputError
 
 DEFAULT_MODEL = Config().model
-from cvae_jax import models
-from cvae_jax.errors import InputError
+
 
 class _Cyclical(argparse.Action):
     """--kl_anneal_cyclical / --no-kl_anneal_cyclical: the SVG trainer's switch between
