@@ -28,3 +28,7 @@ class RunFolderError(InputError, FileNotFoundError):
 
 class RunExistsError(InputError, FileExistsError):
     """A new run would write into a folder that already holds one."""
+
+
+class PredictionError(InputError, ValueError):
+    """A run whose predictions cannot be used as asked (non-finite frames in a submission)."""
