@@ -53,7 +53,8 @@ from benchmarks import _timing as tm  # noqa: E402
 from benchmarks.compare import JAX_WIDTHS, QUICK, _compile, _jax_trainer, _nchw, _uniform  # noqa: E402
 from benchmarks.torch_ref import lab4 as tlab4  # noqa: E402
 from cvae_jax.config import preset  # noqa: E402
-from cvae_jax.train_step import Schedule, init_state, make_generate, make_train_step  # noqa: E402
+from cvae_jax.lab4_evaluation import make_generate  # noqa: E402
+from cvae_jax.train_step import Schedule, init_state, make_train_step  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +177,7 @@ def generate_rows(batch: int, precision: str, conv_impl: str, run: Run, frames: 
     graphdef, state = init_state(cfg, jax.random.key(0))
     rng = np.random.default_rng(0)
     first, poses = _uniform(rng, batch, h, w, 3), _uniform(rng, batch, frames, h, w, 3)
-    args = (state.params, state.batch_stats, jnp.asarray(first), jnp.asarray(poses), jax.random.key(1))
+    args = (state.params, state.batch_stats, (jnp.asarray(first), jnp.asarray(poses)), jax.random.key(1))
     compiled, compile_s = _compile_logged(make_generate(graphdef, cfg), *args)
     jfn = lambda: jax.block_until_ready(compiled(*args))  # noqa: E731
     assert np.isfinite(np.asarray(jfn())).all()

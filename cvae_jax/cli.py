@@ -186,7 +186,10 @@ def evaluate_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
     p.add_argument("--data", choices=("synthetic", "folder", "tfds"), help="data source (default: the run's)")
     p.add_argument("--data_dir", help="TFDS data_dir, with --data tfds (default: the run's)")
     p.add_argument("--split", choices=("val", "test"), default="val",
-                   help="val (svg: the validate folder, or TFDS test) or test (default: val)")
+                   help="val (lab4: also scored by the course's Kaggle formula; svg: the validate folder, "
+                   "or TFDS test) or test (lab4: the test folders "
+                   "<DR>/test/test_img/<i>, test_label/<i>, generated and not scored; --DR may hold only "
+                   "them) (default: val)")
     p.add_argument("--n_future", type=int, help="frames to predict after the context, for models that "
                    "have --n_future (default: the run's; the SVG paper's protocol: 28)")
     p.add_argument("--num_samples", type=int, help="z samples per sequence, scored as best of N and as "
@@ -198,6 +201,12 @@ def evaluate_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
                    help="checkpoint to restore (default: best)")
     p.add_argument("--save_frames", metavar="OUT.npz", help="save predictions as npz array 'pred' "
                    "(videos, frames, H, W, 3), float32 in [0, 1] (default: not saved)")
+    owners = " or ".join(m for m in MODELS if "submission" in models.family(m).EVAL_OPTIONS)
+    p.add_argument("--submission", metavar="OUT.csv", help=f"with --split test (--model {owners}): also write "
+                   "the course's Kaggle submission.csv: header id,0,...,3HW-1; row r = test video r // T "
+                   "(numeric folder order), frame r %% T (T frames per video, frame 0 the given first frame); "
+                   "columns in (C, H, W) order; values rint(255 x) after clipping x to [0, 1] (the course "
+                   "template does not clip); the first z sample of each video (default: not written)")
     p.add_argument("--out", help="output folder (default: <run>/eval_<split>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the z draws (default: 0)")
     return p
@@ -238,7 +247,7 @@ def evaluate_main(argv=None, prog: str = "cvae-jax-evaluate"):
         return evaluate(args.run, DR=args.DR, split=args.split, num_samples=args.num_samples,
                         z_mode=args.z_mode, which=args.which, save_frames=args.save_frames,
                         out=args.out, seed=args.seed, data=args.data, data_dir=args.data_dir,
-                        n_future=args.n_future)
+                        n_future=args.n_future, submission=args.submission)
 
 
 MIN_CACHED_COMPILE_S = 1.0  # quicker compiles are not worth a disk entry

@@ -2,10 +2,14 @@
 
 Protocol: each video is generated from its first frame and all its poses, z ~ N(0, I)
 per step (or its mean), and every generated frame 1..T-1 is scored with PSNR (data range
-1, per frame over all pixels) against the ground truth. The test split of the reference
-layout (first frame + poses, no ground truth) is generated but not scored. A non-finite
-generated frame stops the evaluation before anything is written (`Lab4Model._why_non_finite`
-says how the video's poses differ from the training poses).
+1, per frame over all pixels) against the ground truth, and by the course's Kaggle formula
+(`metrics.course_score`: integer frames, data range 255, frames 1..600), so the validation
+number predicts the leaderboard's. The test split of the reference layout (first frame +
+poses, no ground truth) is generated, not scored: GIFs (side-by-side panels, and the
+course Tester's `pred_seq{i}.gif`) and, with `--submission`, the course's Kaggle CSV
+(`submission`). A non-finite generated frame
+stops the evaluation before anything is written (`Lab4Model._why_non_finite` says how the
+video's poses differ from the training poses).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from cvae_jax import media, metrics, plots
+from cvae_jax import media, metrics, plots, submission
 from cvae_jax.data import dance_folder
 from cvae_jax.data.cache import cache_root
 from cvae_jax.data.dance import dataset_root
+from cvae_jax.errors import ConfigError, DatasetError
 from cvae_jax.inference import Restored, feature_shift, trained_input_mean, value_range
 from cvae_jax.models import lab4
 from cvae_jax.train_step import make_model_fn
@@ -111,40 +116,73 @@ def _sequences(cfg, split: str, log):
     hw = (cfg.frame_H, cfg.frame_W)
     cache = cache_root(cfg) / "dance"
     if split == "test":
-        return [(f"test{name}", media.to_unit_float(first), media.to_unit_float(poses), None)
+        return [(name, media.to_unit_float(first), media.to_unit_float(poses), None)
                 for first, poses, name in dance_folder.load_test(root, hw, cache)]
     frames, poses, _ = dance_folder.load_split(root, "val", hw, cache)
     videos, video_poses = dance_folder.val_videos(frames, poses, cfg.val_vi_len, source=str(root / "val"))
-    return [(f"val{i}", v[0], p, v) for i, (v, p) in enumerate(zip(videos, video_poses))]
+    return [(str(i), v[0], p, v) for i, (v, p) in enumerate(zip(videos, video_poses))]
+
+
+def check_options(cfg, opts) -> None:
+    """Before anything is loaded or written: a submission is of the test split, to a
+    path that can be written now."""
+    if opts.submission is None:
+        return
+    if opts.split != "test":
+        raise ConfigError(f"--submission writes the test split's predictions (the course's Kaggle file); "
+                          f"give --split test, not --split {opts.split}")
+    submission.check_writable(opts.submission)
+
+
+def _same_length(seqs) -> int:
+    """Frames per test video; a submission's rows need the same number in every one."""
+    lengths = {name: len(poses) for name, _, poses, _ in seqs}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+        raise DatasetError(f"test sequences differ in their number of poses ({shown}); a submission "
+                           f"has the same number of frames (one per pose) for every sequence")
+    return next(iter(lengths.values()))
 
 
 def evaluate(model: Lab4Model, cfg, opts, out, log=print) -> dict:
-    """Returns {"out", "psnr" (videos, samples, frames) or None, "mean_psnr", "mean_ssim"}."""
+    """Returns {"out", "psnr" (videos, samples, frames) or None, "mean_psnr", "mean_ssim",
+    "course_score" (the Kaggle formula on val, `metrics.course_score`), "submission" (its
+    path, when written)}."""
     mode, n = opts.z_mode or cfg.z_mode, opts.num_samples
     base = jax.random.key(opts.seed)
     window = metrics.SSIMParams().win_size
     with_ssim = min(cfg.frame_H, cfg.frame_W) >= window  # SSIM's window must fit in the frame
-    scores, ssims, firsts = [], [], []
-    for v, (name, first, poses, truth) in enumerate(_sequences(cfg, opts.split, log)):
+    seqs = _sequences(cfg, opts.split, log)  # a bad layout fails here, before any rollout
+    test = opts.split == "test"
+    if opts.submission:
+        _same_length(seqs)  # before any rollout
+    generated = []
+    for v, (name, first, poses, truth) in enumerate(seqs):
         samples = [model.generate(first, poses, jax.random.fold_in(base, v * n + s), mode, check=False)
                    for s in range(n)]
         for s, sample in enumerate(samples):  # before anything is written or scored
-            model.check_finite(sample[None], [f"video {name}" + (f" (sample {s})" if n > 1 else "")],
+            model.check_finite(sample[None], [f"{opts.split} video {name}" + (f" (sample {s})" if n > 1 else "")],
                                (first[None], poses[None]))
+        generated.append(samples)
+    scores, ssims, courses, firsts = [], [], [], []
+    for v, ((name, first, poses, truth), samples) in enumerate(zip(seqs, generated)):
         firsts.append(samples[0])
         panels = [samples[0]] + ([truth] if truth is not None else []) + [poses]
-        media.write_gif(media.side_by_side(*panels), out / f"{name}.gif")
+        media.write_gif(media.side_by_side(*panels), out / f"{opts.split}{name}.gif")
+        if test:  # the course Tester's GIF: the prediction alone, native size, 20 ms a frame
+            media.write_gif(samples[0], out / f"pred_seq{v}.gif", duration_ms=20, scale=1)
         if truth is not None:
             scores.append(np.stack([np.asarray(metrics.psnr(s[1:], truth[1:])) for s in samples]))
+            courses.append([metrics.course_psnr(s, truth) for s in samples])
             if with_ssim:
                 ssims.append(np.stack([np.asarray(metrics.ssim(s[1:], truth[1:])) for s in samples]))
     if opts.save_frames:
         np.savez_compressed(opts.save_frames, pred=np.stack(firsts).astype(np.float32))
     layout = "prediction | ground truth | pose" if scores else "prediction | pose"
-    result = {"out": out, "psnr": None, "mean_psnr": None}
+    result = {"out": out, "psnr": None, "mean_psnr": None, "course_score": None}
     if scores:
         psnr = np.stack(scores)  # (videos, samples, frames)
-        result.update(psnr=psnr, mean_psnr=float(np.mean(psnr)),
+        result.update(psnr=psnr, mean_psnr=float(np.mean(psnr)), course_score=float(np.mean(courses)),
                       mean_ssim=float(np.mean(ssims)) if with_ssim else None)
         ssim_text = (f"mean SSIM {result['mean_ssim']:.4f} (Gaussian window {window}, sigma {metrics.SSIMParams().sigma})" if with_ssim else
                      f"SSIM not computed: {cfg.frame_H}x{cfg.frame_W} frames are smaller than its {window}-pixel window")
@@ -155,8 +193,26 @@ def evaluate(model: Lab4Model, cfg, opts, out, log=print) -> dict:
             f"{n} sample(s), frames 1..{psnr.shape[-1]} of each scored (frame 0 given), "
             f"PSNR per frame over all pixels, data range 1.0, z {'~ N(0, I) per step' if mode == 'sample' else '= 0 (prior mean)'}, "
             f"{opts.which} checkpoint; {ssim_text}")
+        last = min(metrics.COURSE_LAST_FRAME, psnr.shape[-1])
+        log(f"course score {result['course_score']:.3f} dB | the Kaggle leaderboard's formula (demo.py): "
+            f"PSNR per frame on the integer frames rint(255 clip(x, 0, 1)), data range 255, frames 1..{last} "
+            f"of each video, mean over frames, videos and samples")
         log(f"wrote {out / 'psnr_per_frame.csv'} (rows: video*samples+sample), {out / 'psnr_per_frame.png'}")
     else:
         log(f"generated {len(firsts)} test sequence(s) (not scored: the test split has no ground truth)")
-    log(f"GIFs ({layout}) in {out}" + (f"; frames saved to {opts.save_frames}" if opts.save_frames else ""))
+    if opts.submission:
+        videos = np.stack(firsts)
+        try:
+            result["submission"] = submission.write_submission(opts.submission, videos, [s[0] for s in seqs])
+        except OSError as err:
+            raise ConfigError(f"--submission {opts.submission}: cannot write the submission there: "
+                              f"{err.strerror or err}") from None
+        v_count, t, h, w, c = videos.shape
+        course = "" if (t, h, w) == (630, 32, 64) else "; the course's Kaggle expects 630 frames of 32x64 per video"
+        log(f"wrote the submission {opts.submission}: {v_count * t} rows ({v_count} test videos in numeric folder "
+            f"order x {t} frames, frame 0 the given one{', first z sample' if n > 1 else ''}) x {c * h * w} columns "
+            f"((C, H, W) = ({c}, {h}, {w})), values rint(255 clip(x, 0, 1)){course}")
+    gifs = f"GIFs ({layout}) in {out}" + ("; pred_seq<i>.gif: the course Tester's, prediction only, "
+                                          "i = the video's position in numeric folder order" if test else "")
+    log(gifs + (f"; frames saved to {opts.save_frames}" if opts.save_frames else ""))
     return result

@@ -2,7 +2,8 @@
 
 Images are float arrays (..., H, W, C) in [0, data_range]; every leading axis (videos,
 frames, ...) is a batch axis and gets its own score. All functions are jit-able and
-already jitted (shape-defining arguments are static).
+already jitted (shape-defining arguments are static), except the course's Kaggle score
+(`course_score`), which is NumPy float64 like the course's scorer.
 """
 
 from __future__ import annotations
@@ -159,3 +160,55 @@ def ssim_svg(pred: jax.Array, target: jax.Array) -> jax.Array:
     """SVG's `finn_ssim` averaged over channels: per-channel mean SSIM, NaN -> -1."""
     value = ssim(pred, target, per_channel=True)
     return jnp.where(jnp.isnan(value), -1.0, value)
+
+
+# --------------------------------------------------------------------------- the course's Kaggle score
+
+COURSE_LAST_FRAME = 600  # demo.py scores frames 1..600 of each 630-frame test video
+
+
+def course_uint8(frames) -> np.ndarray:
+    """Frames in [0, 1] as the course's submission holds them: rint(255 x) after clipping
+    x to [0, 1] (the course's Tester does not clip, so its out-of-range values leave
+    0..255), in float32 arithmetic as the Tester's. Integer input is returned as uint8
+    unchanged (it must already be 0..255). NaN becomes 0, +-inf 255 or 0 (`course_psnr`
+    scores such frames NaN; a submission refuses them)."""
+    x = np.asarray(frames)
+    if np.issubdtype(x.dtype, np.integer):
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise ValueError(f"integer frames must be 0..255, got {x.min()}..{x.max()}")
+        return x.astype(np.uint8)
+    x = np.clip(np.nan_to_num(x.astype(np.float32), nan=0.0), np.float32(0.0), np.float32(1.0))
+    return np.rint(x * np.float32(255.0)).astype(np.uint8)
+
+
+def course_psnr(pred, truth, last_frame: int = COURSE_LAST_FRAME) -> np.ndarray:
+    """PSNR of each frame the course's scorer (`demo.py`) keeps: (..., T, H, W, C) -> (..., n).
+
+    Both videos are taken as the integer frames of a submission (`course_uint8`: float
+    frames in [0, 1] are rounded, integer ones used as given); per frame, the MSE over all
+    H*W*C values, PSNR = 10 log10(255^2 / MSE) (data range 255; +inf for identical frames,
+    NaN for a float frame with a non-finite value); kept frames 1..min(last_frame, T-1) of
+    each video (frame 0 is the given first frame).
+    """
+    p, t = course_uint8(pred), course_uint8(truth)
+    if p.shape != t.shape or p.ndim < 4:
+        raise ValueError(f"expected pred and truth shaped alike (..., T, H, W, C), got {p.shape} and {t.shape}")
+    stop = min(last_frame, p.shape[-4] - 1) + 1
+    diff = p[..., 1:stop, :, :, :].astype(np.float64) - t[..., 1:stop, :, :, :]
+    mse = np.mean(diff * diff, axis=(-3, -2, -1))
+    with np.errstate(divide="ignore"):
+        psnr = 10.0 * np.log10(255.0**2 / mse)
+    for x in (pred, truth):  # a non-finite float frame has no score
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.integer):
+            finite = np.isfinite(x[..., 1:stop, :, :, :]).all(axis=(-3, -2, -1))
+            psnr = np.where(finite, psnr, np.nan)
+    return psnr
+
+
+def course_score(pred, truth, last_frame: int = COURSE_LAST_FRAME) -> float:
+    """The course's Kaggle score of predicted videos against the truth: the mean of
+    `course_psnr` over every kept frame of every video (the leaderboard's public and
+    private scores are this mean over their own videos)."""
+    return float(np.mean(course_psnr(pred, truth, last_frame)))

@@ -155,7 +155,7 @@ def test_evaluating_black_poses_is_a_one_line_usage_error(run, model, workdir, c
         cli.evaluate_main(["--run", str(folder), "--DR", str(root), "--out", str(out)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1, err
-    assert re.match(r"cvae-jax-evaluate: error: video val0: frame \d+ is the first non-finite frame \(NaN; ", err)
+    assert re.match(r"cvae-jax-evaluate: error: val video 0: frame \d+ is the first non-finite frame \(NaN; ", err)
     assert "their mean pixel value is 0.000" in err and "drawn on white" in err
     assert not list(out.glob("*.gif")) and not (out / "psnr_per_frame.csv").exists()  # nothing written
 

@@ -303,7 +303,7 @@ def test_two_processes_match_one_process_over_two_devices(workdir, parallel_runs
     assert int(got.step) == int(want.step) == 2
     assert got_meta["key"] == want_meta["key"] and got_meta["epoch"] == want_meta["epoch"] == 1
     # the launch flags are not part of the saved config, which differs by the run's name only
-    assert dict(got_meta["config"], run_name=None) == dict(want_meta["config"], run_name=None)
+    assert dict(got_meta["config"], run=None) == dict(want_meta["config"], run=None)
     # the same SPMD program over the same two devices: equal up to the collectives' rounding
     for a, b in zip(leaves(got), leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -56,6 +56,10 @@ LAYOUT_HELP = (
     "<DR>/val/val_img/*.png, <DR>/val/val_label/*.png, "
     "<DR>/test/test_img/<i>/*.png, <DR>/test/test_label/<i>/*.png"
 )
+TEST_LAYOUT_HELP = (
+    "expected layout: <DR>/test/test_img/<i>/*.png (first frame), <DR>/test/test_label/<i>/*.png "
+    "(one pose per frame, numbered consecutively); the test split needs no train or val folders"
+)
 _MAX_LISTED = 5
 _FRAME_NAME = re.compile(r"^(?:frame)?(\d+)$", re.IGNORECASE)
 _WHITE = (255, 255, 255)
@@ -112,16 +116,16 @@ def frame_sort_key(path: str | os.PathLike) -> int:
     return int(match.group(1))
 
 
-def _require_dir(path: pathlib.Path, what: str) -> pathlib.Path:
+def _require_dir(path: pathlib.Path, what: str, layout: str = LAYOUT_HELP) -> pathlib.Path:
     if not path.is_dir():
-        raise DatasetError(f"missing {what} folder {path} ({LAYOUT_HELP})")
+        raise DatasetError(f"missing {what} folder {path} ({layout})")
     return path
 
 
-def _require_root(root) -> pathlib.Path:
+def _require_root(root, layout: str = LAYOUT_HELP) -> pathlib.Path:
     root = pathlib.Path(root).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"dataset root {root} is not a folder ({LAYOUT_HELP})")
+        raise DatasetError(f"dataset root {root} is not a folder ({layout})")
     return root
 
 
@@ -140,14 +144,27 @@ def _list_pngs(folder: pathlib.Path) -> list[pathlib.Path]:
 def _list_sequence_dirs(folder: pathlib.Path) -> dict[str, pathlib.Path]:
     dirs = {}
     for p in folder.iterdir():
+        if p.is_file() and p.suffix.lower() == ".png" and not _is_hidden(p):
+            raise DatasetError(f"image {p} lies directly in {folder}, not in a test sequence folder "
+                               f"<i>/ ({TEST_LAYOUT_HELP})")
         if not p.is_dir() or _is_hidden(p):
             continue
         if not p.name.isdigit():
             raise DatasetError(f"test sequence folder {p} is not named by an integer (expected <i>/)")
         dirs[p.name] = p
     if not dirs:
-        raise DatasetError(f"folder {folder} contains no test sequence folders <i>/")
+        raise DatasetError(f"folder {folder} contains no test sequence folders <i>/ ({TEST_LAYOUT_HELP})")
     return dirs
+
+
+def _require_consecutive(paths: Sequence[pathlib.Path], folder: pathlib.Path) -> None:
+    """A test sequence's poses are one per frame: a gap in their numbers is a missing pose."""
+    numbers = sorted({frame_sort_key(p) for p in paths})
+    missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+    if missing:
+        shown = ", ".join(map(str, missing[:_MAX_LISTED])) + (", ..." if len(missing) > _MAX_LISTED else "")
+        raise DatasetError(f"test poses in {folder} skip {len(missing)} frame number(s): {shown} "
+                           f"(each test sequence needs one pose per frame, numbered consecutively)")
 
 
 def _describe_unmatched(names: Sequence[str]) -> str:
@@ -379,12 +396,14 @@ def load_split(root, split: str, frame_hw: tuple[int, int], cache_dir=None):
 
 
 def load_test(root, frame_hw: tuple[int, int], cache_dir=None):
-    """Per test sequence, in numeric folder order: (first frame (H, W, 3), poses (T, H, W, 3), name)."""
+    """Per test sequence, in numeric folder order (2 before 10): (first frame (H, W, 3),
+    poses (T, H, W, 3), name). Needs only ``<DR>/test``; a sequence whose pose numbers
+    have a gap (a missing pose) is refused."""
     frame_hw = _check_frame_hw(frame_hw)
-    root = _require_root(root)
-    test_dir = _require_dir(root / "test", "test split")
-    img_root = _require_dir(test_dir / "test_img", "test first-frame")
-    label_root = _require_dir(test_dir / "test_label", "test poses")
+    root = _require_root(root, TEST_LAYOUT_HELP)
+    test_dir = _require_dir(root / "test", "test split", TEST_LAYOUT_HELP)
+    img_root = _require_dir(test_dir / "test_img", "test first-frame", TEST_LAYOUT_HELP)
+    label_root = _require_dir(test_dir / "test_label", "test poses", TEST_LAYOUT_HELP)
     img_seqs = _list_sequence_dirs(img_root)
     label_seqs = _list_sequence_dirs(label_root)
     if img_seqs.keys() != label_seqs.keys():
@@ -394,10 +413,13 @@ def load_test(root, frame_hw: tuple[int, int], cache_dir=None):
             f"test sequences differ between {img_root} and {label_root}: "
             f"only in test_img: {only_img or 'none'}, only in test_label: {only_label or 'none'}"
         )
-    sequences = []
-    for name in sorted(img_seqs, key=int):
+    sequences, listed = [], []
+    for name in sorted(img_seqs, key=int):  # every folder is checked before any is decoded
         first = _list_pngs(img_seqs[name])[:1]  # the reference uses only file [0]
         poses = _list_pngs(label_seqs[name])
+        _require_consecutive(poses, label_seqs[name])
+        listed.append((name, first, poses))
+    for name, first, poses in listed:
         first_frame = _load_images(img_seqs[name], first, frame_hw, "frame", cache_dir)[0]
         pose_arr = _load_images(label_seqs[name], poses, frame_hw, "pose", cache_dir)
         sequences.append((first_frame, pose_arr, name))

@@ -39,6 +39,7 @@ class ModelFamily(Protocol):
     """One model: build it, train it, predict with it, load its data, evaluate a run."""
 
     DEFAULT_NUM_SAMPLES: int  # z samples per sequence when evaluate.py is not told
+    EVAL_OPTIONS: tuple[str, ...]  # `evaluation.EvalOptions` fields only this model takes
 
     def build(self, cfg, key) -> Any:
         """The nnx module with fresh parameters."""
@@ -57,6 +58,10 @@ class ModelFamily(Protocol):
 
     def load_data(self, cfg, log=print, train: bool = True) -> TrainingData:
         """The run's data (its validation split alone when train is False)."""
+
+    def check_eval_options(self, cfg, options) -> None:
+        """Refuse options this model cannot honour (`errors.InputError`), before anything
+        is loaded or written."""
 
     def evaluate(self, restored, cfg, options, out, log=print) -> dict:
         """Score a restored run on a split (`evaluation.EvalOptions`); returns "mean_psnr" and more."""

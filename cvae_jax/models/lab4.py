@@ -251,11 +251,17 @@ def predict_batch(model: Lab4CVAE, batch, key, cfg, z_mode=None):
 
 
 DEFAULT_NUM_SAMPLES = 1
+EVAL_OPTIONS = ("submission",)  # the course's Kaggle CSV of the test split
 
 
 def load_data(cfg, log=print, train: bool = True):
     from cvae_jax.data.dance import load_dance
     return load_dance(cfg, log, splits=("train", "val") if train else ("val",))
+
+
+def check_eval_options(cfg, options) -> None:
+    from cvae_jax import lab4_evaluation
+    lab4_evaluation.check_options(cfg, options)
 
 
 def evaluate(restored, cfg, options, out, log=print) -> dict:

@@ -262,11 +262,16 @@ def predict_batch(model: SVG, batch, key, cfg, n_future: int | None = None, z_mo
 
 
 DEFAULT_NUM_SAMPLES = 5  # best of 5, as SVG's evaluation
+EVAL_OPTIONS = ()
 
 
 def load_data(cfg, log=print, train: bool = True):
     from cvae_jax.data.pushing import PushingData
     return PushingData(cfg, log, splits=("train", "validate") if train else ("validate",))
+
+
+def check_eval_options(cfg, options) -> None:
+    pass  # every option SVG takes is checked where it is used
 
 
 def evaluate(restored, cfg, options, out, log=print) -> dict:
