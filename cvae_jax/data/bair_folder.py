@@ -9,6 +9,13 @@ Layout (what the Lab5 template reads and SVG's converter writes)::
 Construction only lists the sequence folders (the train split has ~43k of them);
 images and CSVs are read, and checked, when a sequence is indexed, so a broken file
 is reported by name the first time it is used.
+
+Bad input (tests/test_bad_input.py), each a one-line `DatasetError` naming the file: an
+image that cannot be decoded; a frame that is not 64x64; a missing frame file or CSV; a
+CSV that is not UTF-8 text, has a row count other than the number of frames, a row of
+other than 4 (actions) or 3 (positions) values, or a value that is not a finite number;
+a split without sequences. Greyscale, 16-bit, palette and alpha frames are converted
+to RGB (alpha dropped; `data/images.py`), silently.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import re
 import numpy as np
 from PIL import Image
 
+from cvae_jax.data.images import read_rgb
 from cvae_jax.errors import DatasetError
 
 __all__ = ["BairFolder", "write_sequence", "SPLITS", "FRAME_HW", "COND_DIM"]
@@ -53,32 +61,40 @@ def _listing(items: list[str]) -> str:
 
 def _read_csv(path: pathlib.Path, n_rows: int, n_cols: int) -> np.ndarray:
     """Parse a header-less comma-separated float table, naming the file in every error."""
+    expected = f"expected {n_rows} rows x {n_cols} comma-separated numbers"
     if not path.is_file():
-        raise DatasetError(f"{path} is missing (expected {n_rows} rows x {n_cols} comma-separated numbers)")
-    rows = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        raise DatasetError(f"{path} is missing ({expected})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not UTF-8 text ({expected})") from None
+    except OSError as err:
+        raise DatasetError(f"cannot read {path}: {err.strerror or err} ({expected})") from err
+    rows = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if len(rows) != n_rows:
         raise DatasetError(f"{path} has {len(rows)} rows, expected {n_rows} (one per frame)")
     out = np.empty((n_rows, n_cols), np.float32)
     for r, (line_no, line) in enumerate(rows):
         parts = line.split(",")
         if len(parts) != n_cols:
-            raise DatasetError(f"{path}: row {line_no} has {len(parts)} values, expected {n_cols}")
-        for c, text in enumerate(parts):
+            values = "value" if len(parts) == 1 else "values"
+            raise DatasetError(f"{path}: row {line_no} has {len(parts)} {values}, expected {n_cols}")
+        for c, cell in enumerate(parts):
             try:
-                value = float(text)
+                value = float(cell)
             except ValueError:
-                raise DatasetError(f"{path}: row {line_no}, column {c + 1}: {text.strip()!r} is not a number") from None
+                raise DatasetError(f"{path}: row {line_no}, column {c + 1}: {cell.strip()!r} is not a number") from None
             if not math.isfinite(value):
-                raise DatasetError(f"{path}: row {line_no}, column {c + 1} is {text.strip()!r}; values must be finite")
+                raise DatasetError(f"{path}: row {line_no}, column {c + 1} is {cell.strip()!r}; values must be finite")
             out[r, c] = value
     return out
 
 
 def _read_frame(path: pathlib.Path) -> np.ndarray:
-    with Image.open(path) as img:
-        if img.size != (FRAME_HW[1], FRAME_HW[0]):
-            raise DatasetError(f"{path} is {img.size[0]}x{img.size[1]} (WxH), expected {FRAME_HW[1]}x{FRAME_HW[0]}")
-        return np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
+    rgb, _ = read_rgb(path)
+    if rgb.size != (FRAME_HW[1], FRAME_HW[0]):
+        raise DatasetError(f"{path} is {rgb.size[0]}x{rgb.size[1]} (WxH), expected {FRAME_HW[1]}x{FRAME_HW[0]}")
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 class BairFolder:
@@ -116,8 +132,8 @@ class BairFolder:
         frame_ids = {int(m.group(1)) for n in os.listdir(folder) if (m := _FRAME_FILE.match(n))}
         missing = [f"{t}.png" for t in range(self.seq_len) if t not in frame_ids]
         if missing:
-            raise DatasetError(f"{folder} is missing {_listing(missing)} (expected frames 0.png.."
-                               f"{self.seq_len - 1}.png)")
+            raise DatasetError(f"frame {folder / missing[0]} not found: sequence folder {folder} is missing "
+                               f"{_listing(missing)} (expected frames 0.png..{self.seq_len - 1}.png)")
         n_rows = len(frame_ids)
         actions = _read_csv(folder / ACTIONS_CSV, n_rows, ACTION_DIM)
         positions = _read_csv(folder / POSITIONS_CSV, n_rows, POSITION_DIM)

@@ -79,11 +79,24 @@ def dataset_root(cfg: Config, log=print) -> pathlib.Path:
     return root
 
 
+def check_train_length(cfg: Config, n_frames: int, folder: pathlib.Path) -> None:
+    """Every epoch has a full batch, at each share of the clips it uses (`--partial`, and
+    `--fast_partial` with --fast_train); refused here, before training makes a run folder."""
+    shares = {cfg.partial} | ({cfg.fast_partial} if cfg.fast_train else set())
+    for share in sorted(shares):
+        try:
+            dance_folder.steps_per_epoch(n_frames, cfg.train_vi_len, cfg.batch_size, share)
+        except dance_folder.DatasetError as err:
+            raise dance_folder.DatasetError(f"train split {folder}: {err}") from None
+
+
 def load_dance(cfg: Config, log=print, splits=("train", "val")) -> DanceData:
     root = dataset_root(cfg, log)
     hw = (cfg.frame_H, cfg.frame_W)
     dance_cache = cache_root(cfg) / "dance"
     train = dance_folder.load_split(root, "train", hw, dance_cache) if "train" in splits else (None, None, None)
+    if train[0] is not None:
+        check_train_length(cfg, len(train[0]), root / "train" / "train_img")
     val_f, val_p, _ = dance_folder.load_split(root, "val", hw, dance_cache)
     val_frames, val_poses = dance_folder.val_videos(val_f, val_p, cfg.val_vi_len, source=str(root / "val"))
     return DanceData(root, train[0], train[1], val_frames, val_poses, cfg)

@@ -13,6 +13,20 @@ Images are resized exactly as the reference transform does on PIL images
 uint8 until a batch is formed, so the 23,410-frame train split stays small in
 memory.  Decoded arrays are cached on disk because decoding 1024x512 PNGs is
 by far the slowest part of starting a run.
+
+Bad input (tests/test_bad_input.py): an image that cannot be decoded (not an image,
+empty, truncated, damaged) is a `DatasetError` naming the file.  Greyscale, 16-bit,
+palette and alpha images are converted to RGB (`data/images.py`; pose alpha on white),
+with one warning per folder.  Frames and poses of any size are each resized to the
+model's (H, W), as the reference transform does, so sizes may differ within a split.  A
+frame without its pose image, or a pose without its frame, names the missing file; a
+folder without .png images is named; a train split too short for one batch is refused
+before a run folder is made (`data/dance.py`).
+
+The cache entry of a folder is keyed by every file's name, size and mtime (any change
+decodes again), and is written to a temporary file then renamed: a decode that fails or
+is interrupted leaves no entry, nor does a failed write (a process killed mid-write can
+leave a ``*.tmp.npz``, which is never read); an unreadable entry is decoded again.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import pathlib
 import re
 import tempfile
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
@@ -33,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from cvae_jax.data.cache import default_root
+from cvae_jax.data.images import read_rgb
 from cvae_jax.media import to_unit_float
 from cvae_jax.errors import DatasetError
 
@@ -50,7 +66,7 @@ __all__ = [
 
 SPLITS = ("train", "val")
 # Bump when decoding/resizing changes so stale caches are never reused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: 16-bit greyscale keeps its high byte; greyscale/RGB transparency on poses
 LAYOUT_HELP = (
     "expected layout: <DR>/train/train_img/*.png, <DR>/train/train_label/*.png, "
     "<DR>/val/val_img/*.png, <DR>/val/val_label/*.png, "
@@ -62,7 +78,6 @@ TEST_LAYOUT_HELP = (
 )
 _MAX_LISTED = 5
 _FRAME_NAME = re.compile(r"^(?:frame)?(\d+)$", re.IGNORECASE)
-_WHITE = (255, 255, 255)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -167,6 +182,10 @@ def _require_consecutive(paths: Sequence[pathlib.Path], folder: pathlib.Path) ->
                            f"(each test sequence needs one pose per frame, numbered consecutively)")
 
 
+def _first(names) -> str:
+    return min(names, key=lambda n: (frame_sort_key(n), n))
+
+
 def _describe_unmatched(names: Sequence[str]) -> str:
     shown = ", ".join(sorted(names, key=lambda n: (frame_sort_key(n), n))[:_MAX_LISTED])
     more = "" if len(names) <= _MAX_LISTED else ", ..."
@@ -181,13 +200,17 @@ def _match_pairs(img_dir: pathlib.Path, label_dir: pathlib.Path):
     label_names = {p.name for p in labels}
     no_pose = img_names - label_names
     if no_pose:
+        first = _first(no_pose)
         raise DatasetError(
-            f"frames in {img_dir} without a pose image in {label_dir}: {_describe_unmatched(list(no_pose))}"
+            f"pose image {label_dir / first} is missing for frame {img_dir / first} "
+            f"(frames in {img_dir} without a pose image in {label_dir}: {_describe_unmatched(list(no_pose))})"
         )
     no_frame = label_names - img_names
     if no_frame:
+        first = _first(no_frame)
         raise DatasetError(
-            f"pose images in {label_dir} without a frame in {img_dir}: {_describe_unmatched(list(no_frame))}"
+            f"frame {img_dir / first} is missing for pose image {label_dir / first} "
+            f"(pose images in {label_dir} without a frame in {img_dir}: {_describe_unmatched(list(no_frame))})"
         )
     return imgs, [label_dir / p.name for p in imgs]
 
@@ -195,39 +218,18 @@ def _match_pairs(img_dir: pathlib.Path, label_dir: pathlib.Path):
 # --------------------------------------------------------------------------- decoding
 
 
-def _to_rgb(im: Image.Image, kind: str) -> Image.Image:
-    """RGB view of any PNG mode.
-
-    Pose images with transparency are composited on white: their background is
-    white in the reference, so a transparent pixel means "no skeleton here".
-    Frames just drop alpha: a camera frame has no meaningful transparency and
-    compositing would invent a background colour.
-    """
-    if im.mode == "RGB":
-        return im
-    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-    if not has_alpha:
-        return im.convert("RGB")
-    rgba = im.convert("RGBA")
-    if kind == "pose":
-        canvas = Image.new("RGBA", rgba.size, _WHITE + (255,))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return rgba.convert("RGB")
-
-
 def _decode_image(path: pathlib.Path, frame_hw: tuple[int, int], kind: str) -> tuple[np.ndarray, str]:
-    """Decoded, resized uint8 (H, W, 3) image and its original PIL mode."""
+    """Decoded, resized uint8 (H, W, 3) image and its original PIL mode.
+
+    Pose images with transparency are composited on white: their background is white in
+    the reference, so a transparent pixel means "no skeleton here". Frames just drop alpha:
+    a camera frame has no meaningful transparency and compositing would invent a background.
+    """
     h, w = frame_hw
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            rgb = _to_rgb(im, kind)
-            if rgb.size != (w, h):
-                rgb = rgb.resize((w, h), Image.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8).copy(), mode
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"cannot read image {path}: {err}") from err
+    rgb, mode = read_rgb(path, alpha_on_white=kind == "pose")
+    if rgb.size != (w, h):
+        rgb = rgb.resize((w, h), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8).copy(), mode
 
 
 def _decode_all(paths: Sequence[pathlib.Path], frame_hw, kind: str, desc: str):
@@ -327,15 +329,16 @@ def _cache_key(folder: pathlib.Path, paths: Sequence[pathlib.Path], frame_hw, ki
 
 
 def _read_cache(path: pathlib.Path, n: int, frame_hw) -> tuple[np.ndarray, _Conversion] | None:
+    """The entry, or None (rebuild it) when it is unreadable: truncated, damaged, or not ours."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = z["images"]
-            meta = json.loads(str(z["meta"]))
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
-        return None  # unreadable cache entry: rebuild it
+            conversion = _Conversion(**json.loads(str(z["meta"])))
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None
     if arrays.shape != (n, *frame_hw, 3) or arrays.dtype != np.uint8:
         return None
-    return arrays, _Conversion(**meta)
+    return arrays, conversion
 
 
 def _write_cache(path: pathlib.Path, arrays: np.ndarray, conversion: _Conversion) -> None:

@@ -6,6 +6,11 @@ batches follow the course loader: every sample is a random sequence (drawn from
 (seed, epoch), so a resumed run replays them), its first n_past + n_future frames. Small
 datasets are decoded into memory once; large ones (the real 43k-sequence train split) are
 read per batch.
+
+A broken file (see `data/bair_folder.py`) in the validation split or a small train split
+is therefore found before training makes a run folder; in a train split read per batch,
+when its sequence is first drawn: the run stops with the same one-line error naming the
+file, its folder keeping the checkpoints saved so far (fix the file, then resume).
 """
 
 from __future__ import annotations
