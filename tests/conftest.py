@@ -138,3 +138,20 @@ def random_model(seed: int = 0, output_sigmoid: bool = False, **dims):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def keep_cache_config():
+    """The commands switch on train.py's compilation cache; put the suite's back."""
+    import jax
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    yield
+    jax.config.update("jax_compilation_cache_dir", saved[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+
+
+def exit_and_stderr(main, argv, capsys) -> tuple[int, str]:
+    """A command that must stop: its exit status and what it wrote to stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return exit_.value.code, capsys.readouterr().err

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import exit_and_stderr
 from cvae_jax import cli
 from cvae_jax.config import preset
 from cvae_jax.data import dance_folder, pushing
@@ -112,19 +112,8 @@ def assert_cache_complete(cache: pathlib.Path) -> None:
             assert z["images"].ndim == 4 and str(z["meta"])
 
 
-@pytest.fixture
-def keep_cache_config():
-    """train_main switches on train.py's compilation cache; put the suite's back."""
-    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    yield
-    jax.config.update("jax_compilation_cache_dir", saved[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
-
-
 def run_train(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_:
-        cli.train_main(argv)
-    return exit_.value.code, capsys.readouterr().err
+    return exit_and_stderr(cli.train_main, argv, capsys)
 
 
 def dance_argv(root, tmp_path, *extra) -> list[str]:

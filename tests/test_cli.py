@@ -17,27 +17,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, exit_and_stderr
 from cvae_jax import cli
 from cvae_jax.config import FLAGS, MODEL_SECTIONS, Config, field_of, model_of_flag, preset
 from cvae_jax.errors import ConfigError
 
 FIXTURE_V1 = ROOT / "tests" / "fixtures" / "run_v1"
-
-
-def run_main(main, argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    return exit_.value.code, capsys.readouterr().err
-
-
-@pytest.fixture
-def keep_cache_config():
-    """The entry points switch on train.py's compilation cache; put the suite's back."""
-    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    yield
-    jax.config.update("jax_compilation_cache_dir", saved[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
 
 
 @pytest.fixture
@@ -56,7 +41,7 @@ def run_v1(tmp_path) -> pathlib.Path:
     (["--preset", "bair", "--frame_H", "8"], "--frame_H applies to --model lab4, not svg"),
 ])
 def test_a_flag_of_the_other_model_is_a_usage_error(capsys, tmp_path, argv, message):
-    code, err = run_main(cli.train_main, [*argv, "--save_root", str(tmp_path)], capsys)
+    code, err = exit_and_stderr(cli.train_main, [*argv, "--save_root", str(tmp_path)], capsys)
     assert code == 2 and err == f"cvae-jax-train: error: {message}\n"
     assert not any(tmp_path.iterdir())
 
@@ -104,7 +89,7 @@ def test_console_scripts_and_module_entry_point():
 ])
 def test_config_flags_with_resume_are_refused_by_name(capsys, run_v1, argv, message):
     before = sorted(p.name for p in run_v1.rglob("*"))
-    code, err = run_main(cli.train_main, ["--resume", str(run_v1), *argv], capsys)
+    code, err = exit_and_stderr(cli.train_main, ["--resume", str(run_v1), *argv], capsys)
     assert code == 2 and err.startswith(f"cvae-jax-train: error: {message}") and err.count("\n") == 1
     assert "--num_epoch" in err  # says what may change
     assert sorted(p.name for p in run_v1.rglob("*")) == before
@@ -173,5 +158,5 @@ def test_a_version_1_run_folder_evaluates(run_v1, tmp_path, capsys, keep_cache_c
     res = cli.evaluate_main(["--run", str(run_v1), "--out", str(tmp_path / "eval")])
     assert np.isfinite(res["mean_psnr"]) and res["psnr"].shape == (1, 1, 15)
     assert (tmp_path / "eval" / "psnr_per_frame.csv").is_file()
-    code, err = run_main(cli.evaluate_main, ["--run", str(run_v1), "--n_future", "5"], capsys)
+    code, err = exit_and_stderr(cli.evaluate_main, ["--run", str(run_v1), "--n_future", "5"], capsys)
     assert code == 2 and err == "cvae-jax-evaluate: error: --n_future applies to --model svg, not lab4\n"

@@ -126,15 +126,6 @@ def test_uint8_range_poses_are_named_as_the_cause(model, data):
         model.generate(truth[0], poses * 255, jax.random.key(0))
 
 
-@pytest.fixture
-def keep_cache_config():
-    """evaluate_main switches on train.py's compilation cache; put the suite's back."""
-    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    yield
-    jax.config.update("jax_compilation_cache_dir", saved[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
-
-
 def test_evaluating_black_poses_is_a_one_line_usage_error(run, model, workdir, capsys, keep_cache_config):
     # the run with its converged statistics, as a run folder
     cfg = checkpointing.load_config(run)

@@ -15,12 +15,11 @@ import os
 import pathlib
 import shutil
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, exit_and_stderr
 from cvae_jax import cli, evaluation, metrics, submission
 from cvae_jax.checkpointing import load_checkpoint
 from cvae_jax.data import dance_folder
@@ -35,18 +34,7 @@ NAMES = ("10", "2")   # written in this order; read in numeric order 2, 10
 
 
 def run_main(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_:
-        cli.evaluate_main(argv)
-    return exit_.value.code, capsys.readouterr().err
-
-
-@pytest.fixture
-def keep_cache_config():
-    """evaluate_main switches on train.py's compilation cache; put the suite's back."""
-    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    yield
-    jax.config.update("jax_compilation_cache_dir", saved[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+    return exit_and_stderr(cli.evaluate_main, argv, capsys)
 
 
 @pytest.fixture

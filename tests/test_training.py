@@ -488,15 +488,6 @@ def test_train_py_end_to_end(workdir, full_run):
     assert checkpointing.load_config(run_dir) == cfg
 
 
-@pytest.fixture
-def keep_cache_config():
-    """The entry points switch on train.py's compilation cache; put the suite's back."""
-    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    yield
-    jax.config.update("jax_compilation_cache_dir", saved[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
-
-
 def test_cache_counts_are_per_run_and_counted_once(tmp_path, monkeypatch, keep_cache_config):
     """A notebook running train.main twice: the second summary counts its own events, once each."""
     from cvae_jax import cli
