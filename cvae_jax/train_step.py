@@ -109,6 +109,8 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
                 lambda: grad_fn(*args, teacher, z_key, sched.beta))
         else:
             (_, (metrics, moments)), grads = grad_fn(*args, teacher, z_key, sched.beta)
+        # a copy of the pytree nodes: folding writes through the merged model's Variables
+        before = jax.tree.map(lambda x: x, (state.params, state.batch_stats, state.opt_state))
         model = nnx.merge(graphdef, state.params, state.batch_stats)
         fam.fold_batch_stats(model, moments, batch)
         batch_stats = nnx.state(model, nnx.BatchStat)
@@ -118,8 +120,7 @@ def make_train_step(graphdef, cfg: Config, *, donate: bool = True):
         grad_norm = optax.tree.norm(grads)
         # a non-finite step is not applied, so the loop may read its loss a step late
         ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), (params, batch_stats, opt_state),
-                           (state.params, state.batch_stats, state.opt_state))
+        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), (params, batch_stats, opt_state), before)
         metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(new[0]),
                        teacher=jnp.mean(teacher))
         return TrainState(*new, state.step + ok.astype(state.step.dtype)), metrics

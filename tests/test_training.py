@@ -255,14 +255,22 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(workdir, full_
     assert_same_run(run_dir, full_run)
 
 
-def test_a_non_finite_step_is_not_applied(workdir):
+def test_a_non_finite_step_is_not_applied(workdir, full_run):
+    """Placed as the training loop places them (the loop's compiled step, from the cache)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from cvae_jax import distributed
+    from cvae_jax.training import data_mesh
     cfg = tiny_config(workdir)
+    mesh = data_mesh()
     graphdef, state = init_state(cfg, jax.random.key(0))
+    state = distributed.global_array(state, NamedSharding(mesh, P()))
     step = make_train_step(graphdef, cfg)
     frames = np.full((2, 4, 8, 16, 3), np.nan, np.float32)
+    batch = distributed.global_array((frames, frames), NamedSharding(mesh, P("data")))
     sched = Schedule(*(jnp.float32(v) for v in (1e-3, 1.0, 1.0)))
     before = [np.array(x) for x in jax.tree.leaves(state)]
-    after, m = step(jax.tree.map(jnp.copy, state), (frames, frames), sched, jax.random.key(1), jax.random.key(2))
+    after, m = step(jax.tree.map(jnp.copy, state), batch, sched, jax.random.key(1), jax.random.key(2))
     assert not np.isfinite(float(m["loss"]))
     for a, b in zip(jax.tree.leaves(after), before, strict=True):
         np.testing.assert_array_equal(np.asarray(a), b)
