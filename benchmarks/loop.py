@@ -53,7 +53,8 @@ def main(argv=None):
     for r in range(a.rounds):
         for name in epochs:
             epochs[name] += run_once(base.replace(run_name=f"{name}{r}"), name == "pipelined")
-    result = {"date": tm.now(), "cpu": tm.cpu_info(), "versions": tm.versions(),
+    info = tm.cpu_info()
+    result = {"date": tm.now(), "cpu": info["model"], "cores": info["cores"], "versions": tm.versions(),
               "model": a.model, "preset": a.preset, "steps_per_epoch": a.steps, "rounds": a.rounds,
               "command": "python benchmarks/loop.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     for name, secs in epochs.items():
