@@ -11,7 +11,9 @@ run continues exactly where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -87,6 +89,25 @@ def restore(manager: ocp.CheckpointManager, like, step: int | None = None):
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                         meta=ocp.args.JsonRestore()))
     return out.state, out.meta
+
+
+def check_room(run_dir, state, keep_last: int) -> None:
+    """Refuse, before training, a run folder that cannot be written or whose disk cannot
+    hold its checkpoints (the last `keep_last` and the best, each the size of `state`)."""
+    run_dir = pathlib.Path(run_dir)
+    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), None)
+    problem = None
+    if existing is not None and not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem is None:
+        need = (keep_last + 2) * sum(x.nbytes for x in jax.tree.leaves(state))
+        free = shutil.disk_usage(existing).free
+        if free < need:
+            problem = f"its disk has {free / 2**20:.1f} MiB free, its checkpoints need about {need / 2**20:.1f} MiB"
+    if problem:
+        raise RunFolderError(f"--save_root: cannot write the run folder {run_dir}: {problem}")
 
 
 def has_checkpoint(run_dir) -> bool:

@@ -188,14 +188,16 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
         where = f" of the {jax.process_count()} processes" if jax.process_count() > 1 else ""
         raise ConfigError(f"--batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices{where}")
     data = models.family(cfg.model).load_data(cfg, log=log)  # a bad dataset stops the run before it has a folder
+    base_key = jax.random.key(cfg.seed)
+    graphdef, state = init_state(cfg, jax.random.fold_in(base_key, 0))
+    if main:
+        checkpointing.check_room(run_dir, state, cfg.keep_last)  # a full or read-only disk stops it here too
     distributed.sync("cvae_jax: run folder read")  # before process 0 writes into it
     if main:
         checkpointing.save_config(run_dir, cfg)
     batch_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
 
-    base_key = jax.random.key(cfg.seed)
-    graphdef, state = init_state(cfg, jax.random.fold_in(base_key, 0))
     last_mgr, best_mgr = checkpointing.managers(run_dir, cfg.keep_last)
     progress = Progress(adaptive_tfr=schedules.AdaptiveTFR(cfg.tfr).to_dict() if cfg.tfr_adaptive else None,
                         schedule_epochs=cfg.num_epoch, schedule_steps=total_steps(cfg, data))

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -160,3 +161,20 @@ def test_a_version_1_run_folder_evaluates(run_v1, tmp_path, capsys, keep_cache_c
     assert (tmp_path / "eval" / "psnr_per_frame.csv").is_file()
     code, err = exit_and_stderr(cli.evaluate_main, ["--run", str(run_v1), "--n_future", "5"], capsys)
     assert code == 2 and err == "cvae-jax-evaluate: error: --n_future applies to --model svg, not lab4\n"
+
+
+@pytest.mark.parametrize("case", ["under a file", "disk full"])
+def test_an_unwritable_or_full_save_root_stops_before_training(case, tmp_path, capsys, monkeypatch, keep_cache_config):
+    from cvae_jax import checkpointing
+    from test_training import cli_flags, tiny_config
+    (tmp_path / "file").write_text("not a folder")
+    save_root = tmp_path / "file" / "runs" if case == "under a file" else tmp_path / "runs"
+    if case == "disk full":
+        monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1000))
+    argv = cli_flags(tiny_config(tmp_path, save_root=str(save_root), run_name="r"))
+    code, err = exit_and_stderr(cli.train_main, argv, capsys)
+    problem = (f"{tmp_path / 'file'} is not a folder" if case == "under a file" else
+               "its disk has 0.0 MiB free, its checkpoints need about")
+    assert code == 2 and err.startswith(f"cvae-jax-train: error: --save_root: cannot write the run folder "
+                                        f"{save_root / 'r'}: {problem}") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
