@@ -25,11 +25,15 @@ the two alternately, as compare.py does on CPU.
   --profile_dir when it reaches less than --profile_below_pct of the bf16 peak; the
   trace's kernels are summarised by time in the JSON.
 
-GPU compiles take minutes each, and XLA compiles one program on one thread: so each
-program, once lowered, is compiled on a pool of --compile_workers threads (XLA releases
-the GIL) while the next ones are lowered, then the workloads are timed one by one once the compiles are done
-(or --compile_wait_s has passed: rows timed while compiles still ran say how many).
-Concurrent compiles also autotune at once, which may pick other kernels than a lone one.
+GPU compiles take minutes each (the reference-dims training step at batch 128: 135 s on an
+H200, all alone). By default each workload is set up, compiled and timed before the next
+one is set up, so a run cut short by --budget_s keeps every figure it measured and
+nothing runs beside a timing. --compile_workers N compiles every program first, N at a
+time on a thread pool (XLA releases the GIL), then times them (after --compile_wait_s at
+most; rows timed while compiles still ran say how many). On the H200 that was slower, not
+faster: XLA's GPU compiler already spreads one compile (its autotuning) over the host's
+cores, and 14 programs compiled at once had none finished after 9 minutes, while the main
+thread's lowering crawled.
 
 Reported: seconds per call (median), steps/s, predicted frames/s (batch x (frames - 1) per
 call), achieved TFLOP/s (torch FlopCounterMode's count of the reference algorithm, 2 per
@@ -171,30 +175,37 @@ _FLOPS: dict[tuple, float] = {}
 
 
 def _count(key: tuple, fn: Callable[[], Any]) -> float:
-    """torch FlopCounterMode's count of `fn`, once per key. The models run on the meta
-    device (shapes only: same count as on CPU, no arithmetic)."""
+    """torch FlopCounterMode's count of `fn`, once per key."""
     if key not in _FLOPS:
-        _FLOPS[key] = tm.torch_flops(fn)
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False):  # a count needs no tuned kernels
+            _FLOPS[key] = tm.torch_flops(fn)
     return _FLOPS[key]
 
 
-def _meta(*shape: int) -> torch.Tensor:
-    return torch.empty(*shape, device="meta")
+# Where the counted models run: the benchmark's GPU (a few milliseconds of arithmetic), else
+# the meta device (shapes only, no arithmetic; same count as on CPU). On the H200's host a
+# reference-dims training setup took 20-30 s when it counted on the meta device, 4 s with
+# the count already made.
+_COUNT_DEVICE = "cuda" if torch.cuda.is_available() else "meta"
+
+
+def _blank(*shape: int) -> torch.Tensor:
+    return torch.rand(*shape, device=_COUNT_DEVICE) if _COUNT_DEVICE != "meta" else torch.empty(*shape, device="meta")
 
 
 def lab4_train_flop(cfg, t: int, h: int, w: int) -> float:
     """One reference training step (forward + backward of the clip loss) at batch 1;
     convolutions scale with the batch. Adam and clipping are elementwise: not counted."""
     def fn():
-        m = _torch_model(cfg).to("meta")
-        tlab4.clip_loss(m, _meta(1, t, 3, h, w), _meta(1, t, 3, h, w), True, 1.0).backward()
+        m = _torch_model(cfg).to(_COUNT_DEVICE)
+        tlab4.clip_loss(m, _blank(1, t, 3, h, w), _blank(1, t, 3, h, w), True, 1.0).backward()
     return _count(("lab4 train", _dims(cfg), t, h, w), fn)
 
 
 def lab4_gen_flop(cfg, h: int, w: int) -> float:
     """One generated frame at batch 1."""
     return _count(("lab4 gen", _dims(cfg), h, w), lambda: tlab4.generate(
-        _torch_model(cfg).to("meta"), _meta(1, 3, h, w), _meta(1, 2, 3, h, w)))
+        _torch_model(cfg).to(_COUNT_DEVICE), _blank(1, 3, h, w), _blank(1, 2, 3, h, w)))
 
 
 def _svg_torch(cfg):
@@ -205,14 +216,14 @@ def _svg_torch(cfg):
 def svg_train_flop(cfg, t: int) -> float:
     """SVG-FP's training step at batch 2 (BatchNorm1d needs 2), halved: per sequence."""
     def fn():
-        tsvg.clip_loss(_svg_torch(cfg).to("meta"), _meta(2, t, 3, 64, 64), _meta(2, t, 7), cfg.n_past,
+        tsvg.clip_loss(_svg_torch(cfg).to(_COUNT_DEVICE), _blank(2, t, 3, 64, 64), _blank(2, t, 7), cfg.n_past,
                        1.0, **_svg_skips(cfg)).backward()
     return _count(("svg train", _svg_dims(cfg), t), fn) / 2
 
 
 def svg_predict_flop(cfg, n: int) -> float:
     return _count(("svg predict", _svg_dims(cfg), n), lambda: tsvg.predict(
-        _svg_torch(cfg).to("meta"), _meta(2, cfg.n_past, 3, 64, 64), _meta(2, cfg.n_past + n, 7), n,
+        _svg_torch(cfg).to(_COUNT_DEVICE), _blank(2, cfg.n_past, 3, 64, 64), _blank(2, cfg.n_past + n, 7), n,
         **_svg_skips(cfg))) / 2
 
 
@@ -718,11 +729,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peak_tflops", type=float, default=BF16_PEAK_TFLOPS, help="bf16 dense peak for %% columns")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per framework (median)")
     p.add_argument("--no_torch", action="store_true", help="time cvae-jax alone")
+    p.add_argument("--torch_max_batch", type=int, default=None,
+                   help="Lab4 training batches above this run cvae-jax alone (PyTorch's per-frame graph "
+                        "at batch 128 needs about 4 x its batch-32 memory: 230 GiB in fp32)")
     p.add_argument("--skip", nargs="*", default=[], choices=["train", "generate"])
     p.add_argument("--also", nargs="*", default=[], choices=["peak", "svg", "curve", "all"],
                    help="workloads beyond training and generation (all: every one)")
-    p.add_argument("--compile_workers", type=int, default=None,
-                   help="programs compiled at once (default: every core, at most 16)")
+    p.add_argument("--compile_workers", type=int, default=0,
+                   help="programs compiled at once, on a pool, all before any timing (default 0: "
+                        "serial, each compiled right before it is timed)")
     p.add_argument("--compile_wait_s", type=float, default=None,
                    help="start timing after this many seconds even if compiles still run")
     p.add_argument("--budget_s", type=float, default=None, help="start no workload after this many seconds")
@@ -737,7 +752,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     a.svg_predict_batch = a.svg_predict_batch or (2 if a.quick else 100)
     a.svg_future = a.svg_future or (QUICK["svg_future"] if a.quick else 28)
     a.curve_steps = a.curve_steps if a.curve_steps is not None else (6 if a.quick else 200)
-    a.compile_workers = a.compile_workers or min(16, os.cpu_count() or 1)
     a.run = QUICK_RUN if a.quick else Run()
     a.also = {"peak", "svg", "curve"} if "all" in a.also else set(a.also)
     if min(a.batches) < 1 or a.gen_batch < 1 or a.gen_frames < 2 or a.repeats < 1 or a.curve_steps < 0:
@@ -768,14 +782,16 @@ def plan_jobs(a: argparse.Namespace, torch_device: str | None) -> list[tuple[str
             for i, impl in enumerate(a.conv_impls):
                 modes = _remat_modes(b, a)
                 for remat in modes:
-                    with_torch = i == 0 and remat == modes[0]
-                    see = None if with_torch else f"train b{b} {prec} {a.conv_impls[0]}" + (" remat" if modes[0] else "")
+                    dup = not (i == 0 and remat == modes[0])  # PyTorch's figure is another row's
+                    with_torch = not dup and (a.torch_max_batch is None or b <= a.torch_max_batch)
+                    see = (f"train b{b} {prec} {a.conv_impls[0]}" + (" remat" if modes[0] else "")
+                           if dup and (a.torch_max_batch is None or b <= a.torch_max_batch) else None)
                     prof = profile if (b == biggest_bf16 and prec == "bf16" and i == 0 and remat == modes[0]) else None
                     job = (f"train b{b} {prec} {impl}" + (" remat" if remat else ""),
                            lambda b=b, prec=prec, impl=impl, remat=remat, with_torch=with_torch, see=see, prof=prof:
                            lab4_train_job(b, prec, impl, run, a.repeats, torch_device if with_torch else None,
                                           remat, a.scan_unroll, prof, see))
-                    (train if with_torch else late).append(job)
+                    (late if dup else train).append(job)
     first = [j for j in train if j[0].startswith(f"train b{max(a.batches)} ")]
     if "train" not in a.skip:
         plan += first
@@ -851,39 +867,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             pathlib.Path(a.json).parent.mkdir(parents=True, exist_ok=True)
             pathlib.Path(a.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
 
-    # 1. lower every program (main thread) and hand it to the compile pool at once
-    compiler = Compiler(a.compile_workers)
-    jobs: list[Job] = []
-    for label, setup in plan_jobs(a, torch_device):
+    def record(job: Job, results: list[dict[str, Any]], running: int) -> None:
+        """Time one workload and file its rows; a failure costs that workload only."""
         try:
-            t = time.perf_counter()
-            job = setup()
-            job.futures = [compiler.submit(f"{job.label} [{i}]" if len(job.lowered) > 1 else job.label, low)
-                           for i, low in enumerate(job.lowered)]
-            job.lowered = []
-            jobs.append(job)
-            print(f"[{label}] lowered in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
-        except Exception as e:  # keep the other workloads
-            traceback.print_exc()
-            errors[label] = f"{type(e).__name__}: {e}"
-    pending = [f for j in jobs for f in j.futures]
-    wait = None if a.compile_wait_s is None else max(0.0, a.compile_wait_s - (time.perf_counter() - start))
-    cf.wait(pending, timeout=wait)
-    meta["lowered_and_compiled_s"] = time.perf_counter() - start
-    meta["compiles_running_after_wait"] = sum(not f.done() for f in pending)
-    print(f"compiles: {sum(f.done() for f in pending)}/{len(pending)} done after "
-          f"{meta['lowered_and_compiled_s']:.0f} s", file=sys.stderr, flush=True)
-    save()
-
-    # 2. time the workloads one by one
-    for job in jobs:
-        if a.budget_s is not None and time.perf_counter() - start > a.budget_s:
-            skipped.append(job.label)
-            continue
-        try:
-            results = [f.result() for f in job.futures]  # waits for a compile still running
             out["compiles"][job.label] = [{k: v for k, v in r.items() if k != "compiled"} for r in results]
-            running = compiler.running
             print(f"[{job.label}] timing" + (f" ({running} compiles still running)" if running else ""),
                   file=sys.stderr, flush=True)
             got = job.measure(results)
@@ -893,13 +880,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 out["peak"] += got
                 print(f"  bf16 matmul: JAX {got[0]['jax_tflops']:.0f}, PyTorch "
                       f"{got[0].get('torch_tflops', float('nan')):.0f} TFLOP/s", file=sys.stderr, flush=True)
-            elif job.label == "profile":
-                pass
             elif job.label.startswith("curve"):
                 out["bf16_training"] += got
                 print(f"  {json.dumps(got[0].get('comparison'))}", file=sys.stderr, flush=True)
-            else:
-                rows += got
+            elif job.label != "profile":
+                rows.extend(got)
                 print("\n".join(table(got).splitlines()[2:]), file=sys.stderr, flush=True)
         except Exception as e:  # keep the other workloads' figures; fail at the end
             traceback.print_exc()
@@ -909,6 +894,66 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if torch_device == "cuda":  # hand PyTorch's cached blocks back before the next workload
             torch.cuda.empty_cache()
         save()
+
+    def over_budget(label: str) -> bool:
+        if a.budget_s is not None and time.perf_counter() - start > a.budget_s:
+            skipped.append(label)
+            return True
+        return False
+
+    if a.compile_workers <= 0:  # serial: set up, compile, time, then the next; nothing runs beside a timing
+        compiler = Compiler(1)
+        for label, setup in plan_jobs(a, torch_device):
+            if over_budget(label):
+                continue
+            try:
+                t = time.perf_counter()
+                job = setup()
+                print(f"[{label}] lowered in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+                results = [compiler._compile(f"{job.label} [{i}]" if len(job.lowered) > 1 else job.label, low)
+                           for i, low in enumerate(job.lowered)]
+                job.lowered = []
+            except Exception as e:
+                traceback.print_exc()
+                errors[label] = f"{type(e).__name__}: {e}"
+                save()
+                continue
+            record(job, results, 0)
+    else:
+        # 1. lower every program (main thread), each handed to the compile pool at once
+        compiler = Compiler(a.compile_workers)
+        jobs: list[Job] = []
+        for label, setup in plan_jobs(a, torch_device):
+            try:
+                t = time.perf_counter()
+                job = setup()
+                job.futures = [compiler.submit(f"{job.label} [{i}]" if len(job.lowered) > 1 else job.label, low)
+                               for i, low in enumerate(job.lowered)]
+                job.lowered = []
+                jobs.append(job)
+                print(f"[{label}] lowered in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+            except Exception as e:  # keep the other workloads
+                traceback.print_exc()
+                errors[label] = f"{type(e).__name__}: {e}"
+        pending = [f for j in jobs for f in j.futures]
+        wait = None if a.compile_wait_s is None else max(0.0, a.compile_wait_s - (time.perf_counter() - start))
+        cf.wait(pending, timeout=wait)
+        meta["lowered_and_compiled_s"] = time.perf_counter() - start
+        meta["compiles_running_after_wait"] = sum(not f.done() for f in pending)
+        print(f"compiles: {sum(f.done() for f in pending)}/{len(pending)} done after "
+              f"{meta['lowered_and_compiled_s']:.0f} s", file=sys.stderr, flush=True)
+        save()
+        # 2. time the workloads one by one
+        for job in jobs:
+            if over_budget(job.label):
+                continue
+            try:
+                results = [f.result() for f in job.futures]  # waits for a compile still running
+            except Exception as e:
+                traceback.print_exc()
+                errors[job.label] = f"{type(e).__name__}: {e}"
+                continue
+            record(job, results, compiler.running)
     compiler.pool.shutdown(wait=False, cancel_futures=True)
 
     v = meta["versions"]
