@@ -147,12 +147,13 @@ def _open_run(cfg: Config | None, resume, resume_changes: dict, log) -> tuple[Co
         if not checkpointing.has_checkpoint(run_dir):
             return cfg, run_dir, False
         saved = checkpointing.load_config(run_dir)
-        resume_changes = {f: v for f, v in cfg.flat().items() if f in RESUME_FLAGS and v != saved.flat().get(f)}
-        differing = [f for f, v in cfg.flat().items() if f not in RESUME_FLAGS and saved.flat().get(f) != v]
+        ours, theirs = cfg.flat(), saved.flat()
+        resume_changes = {f: v for f, v in ours.items() if f in RESUME_FLAGS and v != theirs.get(f)}
+        differing = [f for f, v in ours.items() if f not in RESUME_FLAGS and theirs.get(f) != v]
         if cfg.model != saved.model or differing:
             first = "model" if cfg.model != saved.model else differing[0]
-            theirs = saved.model if first == "model" else saved.flat().get(first)
-            raise RunExistsError(f"{run_dir} already holds a run with another config (--{first} {theirs!r} there, "
+            was = saved.model if first == "model" else theirs.get(first)
+            raise RunExistsError(f"{run_dir} already holds a run with another config (--{first} {was!r} there, "
                                  f"{getattr(cfg, first)!r} here); choose another --run_name, or pass --resume "
                                  f"{run_dir} to continue it")
         log(f"{run_dir} holds this run: continuing it")

@@ -6,6 +6,7 @@ without a version; tests/fixtures/run_v1) loading in a notebook and in evaluate.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import re
@@ -113,15 +114,10 @@ def test_sections_hold_every_flag_once_and_each_validates_itself():
         MODEL_SECTIONS["svg"](n_past=25).validated()
     for flag in FLAGS:
         assert field_of(flag).metadata["help"], flag
-    with pytest.raises(dataclasses_frozen()):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.optim.lr = 1.0
     svg = cfg.replace(model="svg")
     assert svg.arch == MODEL_SECTIONS["svg"]() and svg.lr == cfg.lr
-
-
-def dataclasses_frozen():
-    import dataclasses
-    return dataclasses.FrozenInstanceError
 
 
 def test_config_versions():
