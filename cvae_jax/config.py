@@ -19,8 +19,9 @@ import typing
 from typing import Any
 
 from cvae_jax.errors import ConfigError
+from cvae_jax.data.dance_folder import AUGMENTS
 from cvae_jax.kernels import CONV_IMPLS
-from cvae_jax.schedules import KL_ANNEAL_TYPES, LR_SCHEDULES
+from cvae_jax.schedules import KL_ANNEAL_TYPES, LR_SCHEDULES, OPTIMIZERS
 
 CONFIG_VERSION = 2
 
@@ -97,6 +98,10 @@ class OptimConfig(Section):
     lr_milestones: tuple[int, ...] = option((2, 5), "multistep: epochs at which the rate is "
                                             "multiplied by --lr_gamma")
     lr_gamma: float = option(0.1, "multistep: factor at each milestone")
+    optimizer: str = option("Adam", "optimizer: Adam (reference) or AdamW (decoupled weight decay)",
+                            choices=OPTIMIZERS, flag="optim")
+    weight_decay: float | None = option(None, "AdamW's decoupled weight decay (unset: 0.01, PyTorch's "
+                                        "default); refused with Adam")
     beta1: float = option(0.9, "Adam beta1")
     grad_clip: float = option(1.0, "clip gradients to this global norm (0: off)")
     num_epoch: int = option(70, "epochs to train", positive=True, aliases=("niter",), resume=True)
@@ -106,6 +111,9 @@ class OptimConfig(Section):
     def check(self) -> None:
         if self.grad_clip < 0 or not 0 <= self.beta1 < 1:
             raise ConfigError(f"--grad_clip must be >= 0 and --beta1 in [0, 1), got {self.grad_clip}, {self.beta1}")
+        if self.weight_decay is not None and (self.optimizer != "AdamW" or self.weight_decay < 0):
+            raise ConfigError(f"--weight_decay needs --optim AdamW and a value >= 0, got --optim {self.optimizer}, "
+                              f"--weight_decay {self.weight_decay}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +124,8 @@ class ScheduleConfig(Section):
     kl_anneal_cycle: int = option(10, "epochs (or steps, per --kl_anneal_per) per annealing cycle",
                                   positive=True)
     kl_anneal_ratio: float = option(1.0, "share of each cycle spent ramping up", unit="(0, 1]")
+    kl_anneal_start: float = option(0.0, "KL weight at the start of each ramp, as a share of --beta "
+                                    "(0: reference)", unit="[0, 1]")
     kl_anneal_per: str = option("epoch", "anneal beta per epoch or per step", choices=("epoch", "step"))
     beta: float = option(1.0, "KL weight that annealing ramps to (the constant weight with None)")
     tfr: float = option(1.0, "initial teacher-forcing ratio", unit="[0, 1]")
@@ -174,6 +184,13 @@ class Lab4Config(Section):
     bn_mode: str = option("running", "pose BatchNorm at generation: running averages, or per-step batch "
                           "statistics (reference)", choices=("running", "batch"))
     smooth_weight: float = option(0.0, "weight of a temporal-difference MSE term (0: reference)")
+    copy_mask: str = option("none", "extension: the generator also draws a mask m and the frame is m * "
+                            "source + (1 - m) * generated, the source being the previous frame or the "
+                            "given first frame; D_out_dim/8 + 1 params (none: reference)",
+                            choices=("none", "previous", "first"))
+    augment: str = option("none", "training clips: flip frames and poses left-right together (flip), and "
+                          "shift them by up to 1/16 of the frame (flip_shift); none: reference",
+                          choices=AUGMENTS)
     batched_wgrad: bool = option(True, "the 1x1 layers' weight gradients as one GEMM over all steps "
                                  "(CPU kernels only; not under --remat)", resume=True)
     frame_H: int = option(32, "frame height the dance frames are resized to", positive=True)
@@ -312,7 +329,9 @@ class Config:
         `preset` changed. A new `model` starts its section from that section's defaults."""
         changes = dict(changes)
         top = {k: changes.pop(k) for k in ("model", "preset") if k in changes}
-        top.update({k: changes.pop(k) for k in list(changes) if k in COMMON_SECTIONS or k == "arch"})
+        # a Section value replaces a section; the --optim flag shares its name with one
+        top.update({k: changes.pop(k) for k in list(changes)
+                    if (k in COMMON_SECTIONS or k == "arch") and isinstance(changes[k], Section)})
         model = top.get("model", self.model)
         if model not in MODEL_SECTIONS:
             raise ConfigError(f"--model must be one of {list(MODELS)}, got {model!r}")
@@ -412,6 +431,19 @@ def cpu_preset() -> Config:
         tf_mode="clip", per_save=1, val_every=2)
 
 
+def course_preset() -> Config:
+    """The reference architecture (1,585,620 params) trained the way the best course reports
+    train it, for the full course dataset on a GPU: sigmoid output (no parameters), AdamW
+    with a cosine learning rate, Cyclical KL annealing whose ramps start at 0.1 of beta,
+    teacher forcing decaying from the first epoch to 0 by epoch 5, drawn per clip, and 100
+    epochs. No extension of the architecture: what a student hands in is the course model."""
+    return lab4_preset().replace(
+        preset="course", output_sigmoid=True, optim="AdamW", lr=0.001, lr_schedule="cosine",
+        num_epoch=100, kl_anneal_type="Cyclical", kl_anneal_cycle=10, kl_anneal_ratio=0.5,
+        kl_anneal_start=0.1, tfr=1.0, tfr_sde=1, tfr_d_step=0.2, tfr_floor=0.0, tf_mode="clip",
+        per_save=5, val_every=5)
+
+
 def bair_preset() -> Config:
     """The course's SVG-FP trainer defaults (train_fixed_prior.py): Adam lr 0.002, batch 12,
     2 -> 10 frames, KL weight annealed monotonically to 1 per iteration (Fu et al.), no
@@ -445,7 +477,7 @@ def svg_cpu_preset() -> Config:
 
 
 # What each preset serves: python train.py [--model M] --preset P ...
-PRESETS = {"lab4": {"cpu": cpu_preset, "lab4": lab4_preset},
+PRESETS = {"lab4": {"cpu": cpu_preset, "lab4": lab4_preset, "course": course_preset},
            "svg": {"cpu": svg_cpu_preset, "bair": bair_preset, "svg_lp": svg_lp_preset}}
 PRESET_NAMES = sorted({name for by_model in PRESETS.values() for name in by_model})
 

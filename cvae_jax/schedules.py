@@ -17,6 +17,7 @@ from cvae_jax.errors import ConfigError
 
 KL_ANNEAL_TYPES = ("Cyclical", "Monotonic", "None")
 LR_SCHEDULES = ("multistep", "constant", "cosine")
+OPTIMIZERS = ("Adam", "AdamW")
 
 # Decimal places kept when a ratio is computed as `start - n * step`: removes the binary
 # floating point residue (1.0 - 3 * 0.1 == 0.6999999999999999) so logs and comparisons

@@ -37,9 +37,14 @@ class Schedule(NamedTuple):
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    """Adam's scaling (beta1 = --beta1), after clipping when --grad_clip > 0."""
-    adam = optax.scale_by_adam(b1=cfg.beta1, b2=0.999, eps=1e-8)
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam) if cfg.grad_clip > 0 else adam
+    """Adam's scaling (beta1 = --beta1), after clipping when --grad_clip > 0; AdamW adds the
+    decoupled decay to the update, which the step scales by the (scheduled) learning rate,
+    as PyTorch's AdamW does."""
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+    parts.append(optax.scale_by_adam(b1=cfg.beta1, b2=0.999, eps=1e-8))
+    if cfg.optim.optimizer == "AdamW":
+        parts.append(optax.add_decayed_weights(0.01 if cfg.weight_decay is None else cfg.weight_decay))
+    return optax.chain(*parts) if len(parts) > 1 else parts[0]
 
 
 def build_model(cfg: Config, key):

@@ -92,7 +92,7 @@ def schedule_at(cfg: Config, epoch: int, global_step: int, progress: Progress) -
     per_step = cfg.kl_anneal_per == "step"
     beta = cfg.beta * schedules.kl_beta(cfg.kl_anneal_type, global_step if per_step else epoch,
                                         progress.schedule_steps if per_step else progress.schedule_epochs,
-                                        cfg.kl_anneal_cycle, cfg.kl_anneal_ratio)
+                                        cfg.kl_anneal_cycle, cfg.kl_anneal_ratio, cfg.kl_anneal_start)
     if cfg.tfr_adaptive:
         tfr = schedules.AdaptiveTFR.from_dict(progress.adaptive_tfr).ratio
     else:

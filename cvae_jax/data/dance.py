@@ -45,7 +45,7 @@ class DanceData:
     def epoch_batches(self, epoch: int):
         c = self.cfg
         return dance_folder.epoch_batches(self.train_frames, self.train_poses, c.train_vi_len,
-                                          c.batch_size, c.seed, epoch, self._partial(epoch))
+                                          c.batch_size, c.seed, epoch, self._partial(epoch), c.augment)
 
     def val_batches(self):
         """One video per batch: ((first frame, poses), frames 1..T-1)."""

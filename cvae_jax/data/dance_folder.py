@@ -472,10 +472,12 @@ def epoch_batches(
     seed: int,
     epoch: int,
     partial: float = 1.0,
+    augment: str = "none",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Shuffled full batches of clips, float32 in [0, 1], shaped (B, clip_len, H, W, 3).
 
-    The order depends only on (seed, epoch), so a resumed run replays the same epoch.
+    The order (and each clip's augmentation, see `augment_clips`) depends only on
+    (seed, epoch), so a resumed run replays the same epoch.
     """
     frames = np.asarray(frames)
     poses = np.asarray(poses)
@@ -487,14 +489,50 @@ def epoch_batches(
     n_clips = train_clips(len(frames), clip_len, partial)
     order = np.random.default_rng([int(seed), int(epoch)]).permutation(n_clips)
     offsets = np.arange(clip_len)
-    return _batches(frames, poses, order, offsets, clip_len, batch_size, steps)
+    draws = augment_draws(augment, np.random.default_rng([int(seed), int(epoch), 1]), len(order),
+                          frames.shape[1:3])
+    return _batches(frames, poses, order, offsets, clip_len, batch_size, steps, draws)
 
 
-def _batches(frames, poses, order, offsets, clip_len, batch_size, steps):
+AUGMENTS = ("none", "flip", "flip_shift")
+
+
+def augment_draws(augment: str, rng: np.random.Generator, n: int, hw) -> np.ndarray | None:
+    """Per clip (flip, dy, dx): a left-right flip with probability 1/2 and, with flip_shift,
+    a shift of up to 1/16 of the height and width, drawn for the epoch's n clips at once."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+    if augment == "none":
+        return None
+    flip = rng.random(n) < 0.5
+    dy, dx = (rng.integers(-(size // 16), size // 16 + 1, n) if augment == "flip_shift"
+              else np.zeros(n, np.int64) for size in hw)
+    return np.stack([flip.astype(np.int64), dy, dx], axis=1)
+
+
+def augment_clip(clip: np.ndarray, flip: int, dy: int, dx: int) -> np.ndarray:
+    """One clip (T, H, W, C) flipped and shifted; the border row or column is repeated into
+    the uncovered edge, so the frame keeps its size and no black band appears."""
+    if flip:
+        clip = clip[:, :, ::-1]
+    if dy or dx:
+        h, w = clip.shape[1:3]
+        pad = ((0, 0), (max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0)), (0, 0))
+        clip = np.pad(clip, pad, mode="edge")
+        top, left = max(-dy, 0), max(-dx, 0)
+        clip = clip[:, top:top + h, left:left + w]
+    return clip
+
+
+def _batches(frames, poses, order, offsets, clip_len, batch_size, steps, draws=None):
     for step in range(steps):
-        clips = order[step * batch_size : (step + 1) * batch_size]
-        idx = clips[:, None] * clip_len + offsets[None, :]
-        yield to_unit_float(frames[idx]), to_unit_float(poses[idx])
+        pick = slice(step * batch_size, (step + 1) * batch_size)
+        idx = order[pick][:, None] * clip_len + offsets[None, :]
+        f, p = frames[idx], poses[idx]
+        if draws is not None:  # frame and pose together, so the pose still matches the dancer
+            f = np.stack([augment_clip(c, *d) for c, d in zip(f, draws[pick])])
+            p = np.stack([augment_clip(c, *d) for c, d in zip(p, draws[pick])])
+        yield to_unit_float(f), to_unit_float(p)
 
 
 def val_videos(frames: np.ndarray, poses: np.ndarray, val_len: int, source: str = "val folder"):

@@ -56,7 +56,7 @@ class PoseEncoder(nnx.Module):
 
 class Lab4CVAE(nnx.Module):
     def __init__(self, F_dim: int = 128, L_dim: int = 32, N_dim: int = 12, D_out_dim: int = 192,
-                 output_sigmoid: bool = False, *, rngs: nnx.Rngs):
+                 output_sigmoid: bool = False, copy_mask: str = "none", *, rngs: nnx.Rngs):
         F, L, N, D = F_dim, L_dim, N_dim, D_out_dim
         self.N_dim, self.output_sigmoid = N, output_sigmoid
         self.frame_encoder = nnx.Sequential(
@@ -80,6 +80,9 @@ class Lab4CVAE(nnx.Module):
             DepthConvBlock(D // 2, D // 2, rngs=rngs), ResidualBlock(D // 2, D // 4, rngs=rngs),
             DepthConvBlock(D // 4, D // 4, rngs=rngs), ResidualBlock(D // 4, D // 8, rngs=rngs),
             DepthConvBlock(D // 8, D // 8, rngs=rngs), Conv(D // 8, 3, 1, rngs=rngs))
+        # extension: a 1x1 head beside the generator's last conv (D/8 + 1 params)
+        self.copy_from = copy_mask
+        self.copy_mask = None if copy_mask == "none" else Conv(D // 8, 1, 1, rngs=rngs)
 
     def encode_frame(self, frame):
         return self.frame_encoder(frame)
@@ -93,9 +96,22 @@ class Lab4CVAE(nnx.Module):
         out = self.posterior(jnp.concatenate([frame_feat, pose_feat], axis=-1))
         return jnp.split(out, 2, axis=-1)
 
-    def decode(self, prev_feat, pose_feat, z):
-        x = self.generator(self.fusion(jnp.concatenate([prev_feat, pose_feat, z], axis=-1)))
-        return jax.nn.sigmoid(x) if self.output_sigmoid else x
+    def decode(self, prev_feat, pose_feat, z, prev_frame=None, first_frame=None):
+        """The next frame. With a copy mask the generator also draws a mask m, and the frame
+        is m * source + (1 - m) * generated, the source being the previous input frame or
+        the given first frame: what does not change is copied, not redrawn through the
+        decoder at every step, where 630 autoregressive steps wash it out."""
+        h = self.fusion(jnp.concatenate([prev_feat, pose_feat, z], axis=-1))
+        *body, last = self.generator.layers
+        for layer in body:
+            h = layer(h)
+        x = last(h)
+        x = jax.nn.sigmoid(x) if self.output_sigmoid else x
+        if self.copy_mask is None:
+            return x
+        source = prev_frame if self.copy_from == "previous" else first_frame
+        m = jax.nn.sigmoid(self.copy_mask(h))
+        return m * source.astype(x.dtype) + (1 - m) * x
 
 
 class Lab4Inputs(NamedTuple):
@@ -147,9 +163,11 @@ def training_rollout(model: Lab4CVAE, frames, poses, teacher, key, *, remat=Fals
     _, pose_feat, moments, mu, logvar = encode_steps(model, frames, poses, remat)
     inputs = Lab4Inputs(pose_feat, mu, logvar)
 
+    first = frames[0]
+
     def step(state, prev_frame, weight, x: Lab4Inputs, key_t):
         z = reparameterize(x.mu, x.logvar, key_t)
-        return state, model.decode(model.encode_frame(prev_frame), x.pose_feat, z), None
+        return state, model.decode(model.encode_frame(prev_frame), x.pose_feat, z, prev_frame, first), None
 
     _, preds, _ = rollout(step, frames[0], inputs, key, true_prev=frames[:-1], teacher=teacher,
                           remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
@@ -172,10 +190,10 @@ def teacher_forced_rollout(model: Lab4CVAE, frames, poses, key, *, remat=False, 
     keys = jax.random.split(key, mu.shape[0])
 
     def step(_, x):
-        prev_feat, pose_t, mu_t, logvar_t, key_t = x
-        return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t))
+        prev, prev_feat, pose_t, mu_t, logvar_t, key_t = x
+        return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t), prev, frames[0])
 
-    _, preds = scan_steps(step, None, (feat[:-1], pose_feat, mu, logvar, keys),
+    _, preds = scan_steps(step, None, (frames[:-1], feat[:-1], pose_feat, mu, logvar, keys),
                           remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
     return Lab4Terms(preds, frames[1:], mu, logvar, moments)
 
@@ -197,7 +215,7 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
             z = jnp.zeros((b, h, w, model.N_dim), prev_frame.dtype)
         else:
             z = jax.random.normal(key_t, (b, h, w, model.N_dim), prev_frame.dtype)
-        return state, model.decode(model.encode_frame(prev_frame), pose_feat, z), None
+        return state, model.decode(model.encode_frame(prev_frame), pose_feat, z, prev_frame, first_frame), None
 
     _, preds, _ = rollout(step, first_frame, time_major(poses)[1:], key, remat=remat)
     return jnp.concatenate([first_frame[:, None], time_major(preds)], axis=1)
@@ -207,8 +225,8 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
 
 
 def build(cfg, key) -> Lab4CVAE:
-    return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim,
-                    output_sigmoid=cfg.output_sigmoid, rngs=nnx.Rngs(params=key))
+    return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, output_sigmoid=cfg.output_sigmoid,
+                    copy_mask=cfg.copy_mask, rngs=nnx.Rngs(params=key))
 
 
 def teacher_steps(cfg, batch) -> int:
