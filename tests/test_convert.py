@@ -340,6 +340,7 @@ def test_to_torch_refusals(jax_run, written, tmp_path, capsys):
         "template builds (4, 8, 16, 8) at these dims (F/8, F/4, F/2, L/2), so its Tester could not load it; "
         "only runs at F_dim 128, L_dim 32 convert")
     assert "was trained with --output_sigmoid" in refused(tmp_path / "sigmoid", tmp_path / "a.ckpt")
+    convert._check_template_can_load(checkpointing.load_config(tmp_path / "sigmoid"), "run", allow_sigmoid=True)
     assert refused(tmp_path / "svg", tmp_path / "a.ckpt") == (
         f"{tmp_path / 'svg'} is a --model svg run; the course template's checkpoint holds the Lab4 model only")
 
@@ -360,3 +361,27 @@ def test_console_script_and_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "cvae_jax.convert", "from-torch", "--help"], capture_output=True,
                           text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0 and "--out RUN" in proc.stdout and "--bn_mode" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["to-torch", "from-torch"])
+def test_a_write_that_fails_midway_leaves_nothing(command, jax_run, written, tmp_path, capsys, monkeypatch):
+    """A full disk halfway through the file or the run folder: one line, and neither the
+    output nor its temporary remains."""
+    def fail_midway(tmp, *args, **kwargs):
+        if command == "to-torch":
+            tmp.write_bytes(b"PK\x03\x04 half a zip")
+        else:
+            tmp.mkdir()
+            (tmp / "config.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    if command == "to-torch":
+        monkeypatch.setattr(torch, "save", lambda obj, f: fail_midway(pathlib.Path(f.name)))
+        out, argv = tmp_path / "m.ckpt", ["to-torch", str(jax_run), str(tmp_path / "m.ckpt")]
+    else:
+        monkeypatch.setattr(checkpointing, "write_run", fail_midway)
+        out, argv = tmp_path / "run", ["from-torch", str(written), "--out", str(tmp_path / "run")]
+    code, err = exit_and_stderr(convert.main, argv, capsys)
+    flag = "OUT" if command == "to-torch" else "--out"
+    assert code == 2 and err == f"cvae-jax-convert: error: {flag} {out}: cannot write it (No space left on device)\n"
+    assert not any(tmp_path.iterdir())
