@@ -129,6 +129,16 @@ def test_the_checkpoint_is_the_templates_save(jax_run, written):
                                   np.asarray(m.batch_stats["pose_encoder"]["bn"]["var"][...]))
 
 
+def test_at_the_reference_dims_every_name_and_shape_is_the_templates():
+    """The course's own dims (F 128, L 32, N 12, D 192): the mapping gives the template's
+    209 entries with its shapes, in its order."""
+    from cvae_jax import torch_layout
+    _, like = checkpointing.abstract_state(preset("lab4"))
+    want = {k: tuple(v.shape) for k, v in tlab4.build().state_dict().items()}
+    got = torch_layout.expected_shapes(like.params, like.batch_stats)
+    assert list(got.items()) == list(want.items())
+
+
 def test_the_template_model_loads_it_strictly_and_generates_the_same(jax_run, written):
     tm = tlab4.build(**DIMS)
     tm.load_state_dict(torch.load(written, weights_only=True)["state_dict"], strict=True)
