@@ -151,13 +151,9 @@ def key_from_json(data) -> jax.Array:
     return jax.random.wrap_key_data(np.asarray(data, np.uint32))
 
 
-def load_checkpoint(run_dir, which: str = "best"):
-    """Restore a run's model for generation on whatever devices this machine has: the
-    model's notebook object (`Lab4Model.generate`, `SVGModel.predict`; `inference.Restored`).
-
-    which: "best" (by validation PSNR; falls back to the latest when no validation ran)
-    or "latest". Needs nothing but the run folder.
-    """
+def restore_run(run_dir, which: str = "best"):
+    """(config, graphdef, training state, meta) of a run's best checkpoint (by validation
+    PSNR; the latest when no validation ran) or its latest, on this machine's devices."""
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     run_dir = pathlib.Path(run_dir)
@@ -166,4 +162,29 @@ def load_checkpoint(run_dir, which: str = "best"):
     last, best = managers(run_dir, cfg.keep_last)
     manager = best if which == "best" and best.latest_step() is not None else last
     state, meta = restore(manager, template)
-    return models.family(cfg.model).restored(cfg, graphdef, state.params, state.batch_stats, meta, run_dir)
+    return cfg, graphdef, state, meta
+
+
+def write_run(run_dir, cfg: Config, state, meta: dict) -> None:
+    """A run folder as the trainer leaves it after a checkpoint at `state.step`: config,
+    the checkpoint, an empty best/ and metrics.jsonl (no epoch was logged here)."""
+    run_dir = pathlib.Path(run_dir)
+    save_config(run_dir, cfg)
+    last, best = managers(run_dir, cfg.keep_last)
+    save(last, int(state.step), state, meta)
+    last.wait_until_finished()
+    last.close()
+    best.close()
+    (run_dir / "metrics.jsonl").write_text("")
+
+
+def load_checkpoint(run_dir, which: str = "best"):
+    """Restore a run's model for generation on whatever devices this machine has: the
+    model's notebook object (`Lab4Model.generate`, `SVGModel.predict`; `inference.Restored`).
+
+    which: "best" (by validation PSNR; falls back to the latest when no validation ran)
+    or "latest". Needs nothing but the run folder.
+    """
+    cfg, graphdef, state, meta = restore_run(run_dir, which)
+    return models.family(cfg.model).restored(cfg, graphdef, state.params, state.batch_stats, meta,
+                                             pathlib.Path(run_dir))

@@ -36,3 +36,8 @@ class NonFiniteOutputError(InputError, ValueError, FloatingPointError):
     training data are the usual cause, hence an input error (ValueError, as for inputs of a
     wrong shape); FloatingPointError is what numpy and the training loop's non-finite-loss
     guard raise for non-finite numbers, so either `except` catches it."""
+
+
+class CheckpointFileError(InputError, ValueError):
+    """A file that is not the checkpoint a command expects (`cvae-jax-convert`: the course
+    template's), or whose contents do not fit the model; the message names the file."""

@@ -5,7 +5,8 @@ modules (NCHW, real grouped depthwise convolutions) driven by the template train
 per-frame Python loop with one backward per clip. Module and attribute names follow the
 template, so `state_dict()` keys are the reference checkpoint keys
 (`frame_transformation.0.conv1.weight`, ...), and `load_jax_params` copies a cvae-jax
-model in, which makes the baseline provably the same network.
+model in with the mapping `cvae-jax-convert` writes checkpoints with (cvae_jax/torch_layout.py),
+which makes the baseline provably the same network.
 
 Widths follow the template's formulas (frame encoder F/8, F/4, F/2; pose encoder L/2),
 which equal cvae-jax's fixed 16/32/64 and 16 only at the reference dims F=128, L=32:
@@ -24,10 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cvae_jax.torch_layout import flat, to_torch_layout, torch_name
+
 REFERENCE_DIMS = dict(F_dim=128, L_dim=32, N_dim=12, D_out_dim=192)
-# cvae-jax module name -> reference attribute name (the state_dict prefix)
-PREFIXES = {"frame_encoder": "frame_transformation", "pose_encoder": "label_transformation",
-            "posterior": "Gaussian_Predictor", "fusion": "Decoder_Fusion", "generator": "Generator"}
 
 
 # --------------------------------------------------------------------------- blocks (layers.py)
@@ -243,42 +243,14 @@ def generate(model: VAE_Model, first_frame: Tensor, poses: Tensor,
 # --------------------------------------------------------------------------- cvae-jax weights
 
 
-def _hwio_to_oihw(a: np.ndarray) -> np.ndarray:
-    """Conv kernels HWIO -> OIHW; depthwise (3, 3, C) -> (C, 1, 3, 3); vectors unchanged."""
-    if a.ndim == 4:
-        return a.transpose(3, 2, 0, 1)
-    if a.ndim == 3:
-        return a.transpose(2, 0, 1)[:, None]
-    return a
-
-
-LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-              "var": "running_var"}
-
-
 def flatten_jax(tree: Any) -> dict[tuple[str, ...], np.ndarray]:
-    """Path -> array for an nnx Module (params and BatchNorm stats), an `nnx.State` (e.g.
-    `TrainState.params`) or a nested dict of arrays."""
+    """Path (str parts) -> float32 copy for an nnx Module (params and BatchNorm stats), an
+    `nnx.State` (e.g. `TrainState.params`) or a nested dict of arrays."""
     from flax import nnx  # only this function needs flax
 
     if isinstance(tree, nnx.Module):
         tree = nnx.state(tree, nnx.Any(nnx.Param, nnx.BatchStat))
-    if isinstance(tree, nnx.State):
-        tree = nnx.to_pure_dict(tree)
-    out: dict[tuple[str, ...], np.ndarray] = {}
-
-    def walk(node: Any, path: tuple[str, ...]) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(v, path + (str(k),))
-        elif isinstance(node, (list, tuple)):
-            for k, v in enumerate(node):
-                walk(v, path + (str(k),))
-        else:
-            out[path] = np.array(node, np.float32)  # a writable copy
-
-    walk(tree, ())
-    return out
+    return {tuple(map(str, p)): np.array(a, np.float32) for p, a in flat(tree).items()}
 
 
 def assign(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
@@ -298,27 +270,9 @@ def assign(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
             state[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
 
-def torch_name(path: tuple[str, ...]) -> str:
-    """cvae-jax path of a Lab4 leaf -> reference state_dict key."""
-    parts = [PREFIXES[path[0]]]
-    pose = {"conv": "1", "bn": "2", "res": "4"}
-    for i, p in enumerate(path[1:-1], start=1):
-        if p == "layers":
-            continue
-        if path[0] == "pose_encoder" and i == 1:
-            parts.append(pose[p])
-        elif p in ("depth", "ffn"):
-            parts.append("block.0" if p == "depth" else "block.1")
-        elif p == "conv1" and path[i - 1] == "depth":
-            parts.append("conv1.0")
-        else:
-            parts.append(p)
-    return ".".join(parts + [LEAF_NAMES[path[-1]]])
-
-
 def jax_to_torch_arrays(tree: Any) -> dict[str, np.ndarray]:
     """cvae-jax Lab4 parameters (or gradients, same tree) as reference-named OIHW arrays."""
-    return {torch_name(p): _hwio_to_oihw(a) for p, a in flatten_jax(tree).items()}
+    return {torch_name(p): to_torch_layout(a) for p, a in flatten_jax(tree).items()}
 
 
 def load_jax_params(model: VAE_Model, params: Any) -> VAE_Model:

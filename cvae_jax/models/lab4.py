@@ -42,6 +42,10 @@ class Identity(nnx.Module):
 
 
 class PoseEncoder(nnx.Module):
+    # Sequential index of each part in the reference Label_Encoder (0 is the reflection
+    # padding, 3 the identity LeakyReLU): the state_dict names' middle part
+    TORCH_INDEX = {"conv": 1, "bn": 2, "res": 4}
+
     def __init__(self, out_ch: int, *, rngs: nnx.Rngs):
         self.conv = Conv(3, 16, 7, rngs=rngs)
         self.bn = FrameBatchNorm(16)
