@@ -200,8 +200,9 @@ def evaluate_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
                    "which makes every sample the same (default: the run's)")
     p.add_argument("--which", choices=("best", "latest"), default="best",
                    help="checkpoint to restore (default: best)")
-    p.add_argument("--save_frames", metavar="OUT.npz", help="save predictions as npz array 'pred' "
-                   "(videos, frames, H, W, 3), float32 in [0, 1] (default: not saved)")
+    p.add_argument("--save_frames", metavar="OUT.npz", help="save predictions (with N > 1 samples: each "
+                   "sequence's best) as npz array 'pred' (videos, frames, H, W, 3), float32 in [0, 1] "
+                   "(default: not saved)")
     owners = " or ".join(m for m in MODELS if "submission" in models.family(m).EVAL_OPTIONS)
     p.add_argument("--submission", metavar="OUT.csv", help=f"with --split test (--model {owners}): also write "
                    "the course's Kaggle submission.csv: header id,0,...,3HW-1; row r = test video r // T "
