@@ -8,10 +8,10 @@ the course's Kaggle formula (`metrics.course_score`: integer frames, data range 
 1..600), so the validation number predicts the leaderboard's. With N z samples per video
 (`--num_samples`, generated together: `Lab4Model.samples`), each video's sample with the
 highest mean PSNR is the best of N (every figure of best of N is that sample's), and the
-mean over the N samples is reported next to it, as SVG's evaluation does (it ranks by SSIM). The test split of the reference layout (first frame +
-poses, no ground truth) is generated, not scored: GIFs (side-by-side panels, and the
-course Tester's `pred_seq{i}.gif`) and, with `--submission`, the course's Kaggle CSV
-(`submission`). A non-finite generated frame
+mean over the N samples is reported next to it, as SVG's evaluation does (it ranks by SSIM).
+The test split of the reference layout (first frame + poses, no ground truth) is generated,
+not scored: GIFs (side-by-side panels, and the course Tester's `pred_seq{i}.gif`) and, with
+`--submission`, the course's Kaggle CSV (`submission`). A non-finite generated frame
 stops the evaluation before anything is written (`Lab4Model._why_non_finite` says how the
 video's poses differ from the training poses).
 """
@@ -88,12 +88,13 @@ class Lab4Model(Restored):
 
     def samples(self, first_frame, poses, keys, z_mode: str | None = None, check: bool = True) -> np.ndarray:
         """N samples of one video, one per z key: first_frame (H, W, 3) and poses (T, H, W, 3)
-        as for `generate`, keys (N,) (`sample_keys`) -> (N, T, H, W, 3). Sample s is
+        as for `generate`, keys (N,) (`sample_keys`, or a list) -> (N, T, H, W, 3). Sample s is
         `generate(first_frame, poses, keys[s])` up to float rounding, computed for all N in
         one program. A non-finite frame raises `NonFiniteOutputError` naming the sample
         (check=False: return the frames as they are)."""
         first_frame, poses = np.asarray(first_frame, np.float32), np.asarray(poses, np.float32)
         self._check_shapes(first_frame[None], poses[None], "(one video)", (first_frame.shape, poses.shape))
+        keys = jnp.stack(list(keys)) if isinstance(keys, (list, tuple)) else keys
         cfg = self.config.replace(z_mode=z_mode or self.config.z_mode)
         run = self.compiled(_samples_fn(cfg), cfg, cache_key="samples")
         out = run((first_frame, poses), keys)
@@ -241,10 +242,9 @@ def evaluate(model: Lab4Model, cfg, opts, out, log=print) -> dict:
     `metrics.course_score`): the best-of-N figures, today's at N = 1, "summary" (best_* and
     mean_* of each), "protocol" (what was scored and chosen), "submission" (its path, when
     written)}. Also written: summary.json (the same figures and protocol)."""
-    mode, n = opts.z_mode or cfg.z_mode, opts.num_samples
+    n = opts.num_samples
     base = jax.random.key(opts.seed)
-    params = metrics.SSIMParams()
-    with_ssim = min(cfg.frame_H, cfg.frame_W) >= params.win_size  # SSIM's window must fit in the frame
+    with_ssim = min(cfg.frame_H, cfg.frame_W) >= metrics.SSIMParams().win_size  # its window must fit in a frame
     seqs = _sequences(cfg, opts.split, log)  # a bad layout fails here, before any rollout
     test = opts.split == "test"
     if opts.submission:
@@ -327,7 +327,8 @@ def _report(per_video, cfg, opts, out, with_ssim: bool, log) -> dict:
                                      "best_sample": best_sample.tolist(), **summary}, indent=1) + "\n")
     if n == 1:  # the one sample's figures, in the lines printed before N could be more
         if with_ssim:
-            ssim_text = f"mean SSIM {summary['best_ssim']:.4f} (Gaussian window {params.win_size}, sigma {params.sigma})"
+            ssim_text = (f"mean SSIM {summary['best_ssim']:.4f} (Gaussian window {params.win_size}, "
+                         f"sigma {params.sigma})")
         log(f"mean PSNR {summary['best_psnr']:.3f} dB | protocol: {core}; {ssim_text}")
         log(f"course score {summary['best_course_score']:.3f} dB | {course_text}, mean over frames and videos")
     else:
