@@ -241,7 +241,8 @@ def evaluate(model: Lab4Model, cfg, opts, out, log=print) -> dict:
     (videos,), "mean_psnr", "mean_ssim", "course_score" (the Kaggle formula on val,
     `metrics.course_score`): the best-of-N figures, today's at N = 1, "summary" (best_* and
     mean_* of each), "protocol" (what was scored and chosen), "submission" (its path, when
-    written)}. Also written: summary.json (the same figures and protocol)."""
+    written)}. Also written: summary.json (the same figures and protocol, and "sample_psnr":
+    each sample's mean PSNR, videos x samples, the spread best of N chose from)."""
     n = opts.num_samples
     base = jax.random.key(opts.seed)
     with_ssim = min(cfg.frame_H, cfg.frame_W) >= metrics.SSIMParams().win_size  # its window must fit in a frame
@@ -324,7 +325,8 @@ def _report(per_video, cfg, opts, out, with_ssim: bool, log) -> dict:
                                                  f"{opts.split} SSIM per frame ({mode} z{of_n})"))
     json_path.write_text(json.dumps({"protocol": protocol, "selection": selection, "num_samples": n, "z_mode": mode,
                                      "videos": videos, "scored_frames": [1, frames],
-                                     "best_sample": best_sample.tolist(), **summary}, indent=1) + "\n")
+                                     "best_sample": best_sample.tolist(), **summary,
+                                     "sample_psnr": np.mean(scores["psnr"], axis=-1).tolist()}, indent=1) + "\n")
     if n == 1:  # the one sample's figures, in the lines printed before N could be more
         if with_ssim:
             ssim_text = (f"mean SSIM {summary['best_ssim']:.4f} (Gaussian window {params.win_size}, "

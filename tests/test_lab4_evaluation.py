@@ -108,6 +108,7 @@ def test_best_of_n_is_the_best_sample_by_mean_psnr_and_mean_of_n_their_mean(mode
     assert np.all(np.abs(rows[:, [3, 5]]) <= 1)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["best_sample"] == best.tolist() and summary["num_samples"] == n
+    np.testing.assert_allclose(summary["sample_psnr"], psnr.mean(-1), rtol=1e-4)
     assert summary["selection"].startswith(f"best of 3: for each video, the sample with the highest mean PSNR "
                                            f"over frames 1..{T - 1}; every best-of-3 figure is that sample's")
     assert f"; {summary['selection']};" in summary["protocol"]
