@@ -192,21 +192,23 @@ def evaluate_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
                    "them) (default: val)")
     p.add_argument("--n_future", type=int, help="frames to predict after the context, for models that "
                    "have --n_future (default: the run's; the SVG paper's protocol: 28)")
-    p.add_argument("--num_samples", type=int, help="z samples per sequence, scored as best of N and as "
-                   "their mean where N > 1 (default: the model's: " + ", ".join(
-                       f"{m} {models.family(m).DEFAULT_NUM_SAMPLES}" for m in MODELS) + ")")
-    p.add_argument("--z_mode", choices=("sample", "mean"), help="draw z from the prior or use its mean "
-                   "(default: the run's)")
+    p.add_argument("--num_samples", type=int, help="z samples per sequence, scored where N > 1 as best of N "
+                   "(each sequence's sample with the highest mean PSNR over its frames for lab4, SSIM for svg) and "
+                   "as their mean; refused with z_mode mean and with lab4's --split test (default: the model's: "
+                   + ", ".join(f"{m} {models.family(m).DEFAULT_NUM_SAMPLES}" for m in MODELS) + "; 1 with z_mode mean)")
+    p.add_argument("--z_mode", choices=("sample", "mean"), help="draw z from the prior or use its mean, "
+                   "which makes every sample the same (default: the run's)")
     p.add_argument("--which", choices=("best", "latest"), default="best",
                    help="checkpoint to restore (default: best)")
-    p.add_argument("--save_frames", metavar="OUT.npz", help="save predictions as npz array 'pred' "
-                   "(videos, frames, H, W, 3), float32 in [0, 1] (default: not saved)")
+    p.add_argument("--save_frames", metavar="OUT.npz", help="save predictions (with N > 1 samples: each "
+                   "sequence's best) as npz array 'pred' (videos, frames, H, W, 3), float32 in [0, 1] "
+                   "(default: not saved)")
     owners = " or ".join(m for m in MODELS if "submission" in models.family(m).EVAL_OPTIONS)
     p.add_argument("--submission", metavar="OUT.csv", help=f"with --split test (--model {owners}): also write "
                    "the course's Kaggle submission.csv: header id,0,...,3HW-1; row r = test video r // T "
                    "(numeric folder order), frame r %% T (T frames per video, frame 0 the given first frame); "
                    "columns in (C, H, W) order; values rint(255 x) after clipping x to [0, 1] (the course "
-                   "template does not clip); the first z sample of each video (default: not written)")
+                   "template does not clip); one z sample per video (default: not written)")
     p.add_argument("--out", help="output folder (default: <run>/eval_<split>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the z draws (default: 0)")
     return p

@@ -37,18 +37,32 @@ def _check_model_options(model: str, opts: EvalOptions) -> None:
             raise ConfigError(f"--{f.name} applies to --model {' or '.join(owners)}, not {model}")
 
 
+def _num_samples(given: int | None, z_mode: str | None, run_z_mode: str, default: int) -> int:
+    """Samples per sequence: as given, else the model's default; 1 when z is the prior's
+    mean, where every sample is the same video (asking for more is a usage error)."""
+    mode = z_mode or run_z_mode
+    if given is not None and given < 1:
+        raise ConfigError(f"--num_samples must be at least 1, got {given}")
+    if mode != "mean":
+        return default if given is None else given
+    if given is not None and given > 1:
+        whose = "--z_mode mean" if z_mode else "z_mode mean (the run's; --z_mode not given)"
+        raise ConfigError(f"--num_samples {given} with {whose}: z is the prior's mean, so all {given} samples "
+                          f"would be the same video; give --z_mode sample to draw {given}, or --num_samples 1")
+    return 1
+
+
 def evaluate(run, DR=None, split="val", num_samples=None, z_mode=None, which="best",
              save_frames=None, out=None, seed=0, log=print, data=None, data_dir=None,
              n_future=None, submission=None) -> dict:
     """Score `run` on `split`. DR / data / data_dir override where the run's data came
     from, n_future (svg) the prediction horizon, submission (lab4, --split test) the course's
     Kaggle CSV to write; a flag of the other model is an error.
-    num_samples defaults to the model's (`ModelFamily.DEFAULT_NUM_SAMPLES`)."""
+    num_samples defaults to the model's (`ModelFamily.DEFAULT_NUM_SAMPLES`), or 1 with z_mode
+    mean (more is refused: every sample would be the same)."""
     model = load_checkpoint(run, which=which)
     fam = models.family(model.config.model)
-    num_samples = fam.DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
-    if num_samples < 1:
-        raise ConfigError(f"--num_samples must be at least 1, got {num_samples}")
+    num_samples = _num_samples(num_samples, z_mode, model.config.z_mode, fam.DEFAULT_NUM_SAMPLES)
     changes = {k: v for k, v in (("DR", None if DR is None else str(DR)), ("data", data),
                                  ("data_dir", data_dir), ("n_future", n_future)) if v is not None}
     if changes.get("data") == "tfds":

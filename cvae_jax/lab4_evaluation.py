@@ -1,20 +1,27 @@
 """Lab4 evaluation and inference: whole-video rollouts scored per frame, and `Lab4Model`.
 
-Protocol: each video is generated from its first frame and all its poses, z ~ N(0, I)
-per step (or its mean), and every generated frame 1..T-1 is scored with PSNR (data range
-1, per frame over all pixels) against the ground truth, and by the course's Kaggle formula
-(`metrics.course_score`: integer frames, data range 255, frames 1..600), so the validation
-number predicts the leaderboard's. The test split of the reference layout (first frame +
-poses, no ground truth) is generated, not scored: GIFs (side-by-side panels, and the
-course Tester's `pred_seq{i}.gif`) and, with `--submission`, the course's Kaggle CSV
-(`submission`). A non-finite generated frame
+Protocol (printed with every number, and written to summary.json): each video is
+generated from its first frame and all its poses, z ~ N(0, I) per step (or its mean), and
+every generated frame 1..T-1 is scored with PSNR (data range 1, per frame over all pixels)
+and SSIM (`metrics.ssim`, where the frames fit its window) against the ground truth, and by
+the course's Kaggle formula (`metrics.course_score`: integer frames, data range 255, frames
+1..600), so the validation number predicts the leaderboard's. With N z samples per video
+(`--num_samples`, generated together: `Lab4Model.samples`), each video's sample with the
+highest mean PSNR is the best of N (every figure of best of N is that sample's), and the
+mean over the N samples is reported next to it, as SVG's evaluation does (it ranks by SSIM).
+The test split of the reference layout (first frame + poses, no ground truth) is generated,
+not scored: GIFs (side-by-side panels, and the course Tester's `pred_seq{i}.gif`) and, with
+`--submission`, the course's Kaggle CSV (`submission`). A non-finite generated frame
 stops the evaluation before anything is written (`Lab4Model._why_non_finite` says how the
 video's poses differ from the training poses).
 """
 
 from __future__ import annotations
 
+import json
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from cvae_jax import media, metrics, plots, submission
@@ -36,8 +43,26 @@ def make_generate(graphdef, cfg):
     return make_model_fn(graphdef, cfg, _generate_fn(cfg))
 
 
+def _samples_fn(cfg):
+    """One video, one sample per key: `generate` vmapped over the keys, so the N samples are
+    one program and each step's pose features (which no key changes) are computed once."""
+    generate = _generate_fn(cfg)
+
+    def samples(model, inputs, keys):
+        first, poses = inputs
+        return jax.vmap(lambda key: generate(model, (first[None], poses[None]), key)[0])(keys)
+    return samples
+
+
+def sample_keys(video_key, n: int):
+    """The z keys of a video's n samples: sample 0 draws with `video_key` itself (the N = 1
+    evaluation's draw, so best of N is never below it), sample s > 0 with fold_in(video_key, s)."""
+    return jnp.stack([video_key] + [jax.random.fold_in(video_key, s) for s in range(1, n)])
+
+
 class Lab4Model(Restored):
-    """A restored Lab4 run: `frames = m.generate(first_frame, poses, key)`."""
+    """A restored Lab4 run: `frames = m.generate(first_frame, poses, key)`; N samples of one
+    video: `m.samples(first_frame, poses, keys)`."""
 
     def generate(self, first_frame, poses, key=None, z_mode: str | None = None,
                  check: bool = True) -> np.ndarray:
@@ -51,10 +76,7 @@ class Lab4Model(Restored):
         single = poses.ndim == 4
         if single:
             first_frame, poses = first_frame[None], poses[None]
-        h, w = self.config.frame_H, self.config.frame_W
-        if poses.shape[2:] != (h, w, 3) or first_frame.shape != (poses.shape[0], h, w, 3):
-            raise ValueError(f"expected first_frame ({h}, {w}, 3) and poses (T, {h}, {w}, 3) "
-                             f"(optionally batched), got {first_frame.shape} and {poses.shape}")
+        self._check_shapes(first_frame, poses, "(optionally batched)", (first_frame.shape, poses.shape))
         cfg = self.config.replace(z_mode=z_mode or self.config.z_mode)
         run = self.compiled(_generate_fn(cfg), cfg, cache_key="generate")
         out = run((first_frame, poses), jax.random.key(0) if key is None else key)
@@ -63,6 +85,31 @@ class Lab4Model(Restored):
                                                              for i in range(len(out))]
             self.check_finite(out, names, (first_frame, poses))
         return out[0] if single else out
+
+    def samples(self, first_frame, poses, keys, z_mode: str | None = None, check: bool = True) -> np.ndarray:
+        """N samples of one video, one per z key: first_frame (H, W, 3) and poses (T, H, W, 3)
+        as for `generate`, keys (N,) (`sample_keys`, or a list) -> (N, T, H, W, 3). Sample s is
+        `generate(first_frame, poses, keys[s])` up to float rounding, computed for all N in
+        one program. A non-finite frame raises `NonFiniteOutputError` naming the sample
+        (check=False: return the frames as they are)."""
+        first_frame, poses = np.asarray(first_frame, np.float32), np.asarray(poses, np.float32)
+        self._check_shapes(first_frame[None], poses[None], "(one video)", (first_frame.shape, poses.shape))
+        keys = jnp.stack(list(keys)) if isinstance(keys, (list, tuple)) else keys
+        cfg = self.config.replace(z_mode=z_mode or self.config.z_mode)
+        run = self.compiled(_samples_fn(cfg), cfg, cache_key="samples")
+        out = run((first_frame, poses), keys)
+        if check:
+            self.check_finite(out, [f"samples: sample {s}" for s in range(len(out))],
+                              _repeated(first_frame, poses, len(out)))
+        return out
+
+    def _check_shapes(self, first_frame, poses, batching: str, given) -> None:
+        """first_frame (B, H, W, 3) and poses (B, T, H, W, 3) at the run's frame size, or a
+        ValueError showing the shapes as `given`."""
+        h, w = self.config.frame_H, self.config.frame_W
+        if poses.ndim != 5 or poses.shape[2:] != (h, w, 3) or first_frame.shape != (poses.shape[0], h, w, 3):
+            raise ValueError(f"expected first_frame ({h}, {w}, 3) and poses (T, {h}, {w}, 3) "
+                             f"{batching}, got {given[0]} and {given[1]}")
 
     def _why_non_finite(self, first_frame, poses) -> str:
         """How one video's poses differ from the training poses: their mean pixel value
@@ -124,8 +171,12 @@ def _sequences(cfg, split: str, log):
 
 
 def check_options(cfg, opts) -> None:
-    """Before anything is loaded or written: a submission is of the test split, to a
-    path that can be written now."""
+    """Before anything is loaded or written: N > 1 samples need ground truth to choose the
+    best of N by; a submission is of the test split, to a path that can be written now."""
+    if opts.split == "test" and opts.num_samples > 1:
+        raise ConfigError(f"--num_samples {opts.num_samples} with --split test: the test split has no ground "
+                          f"truth to choose the best of N by, and one sample per video is generated; give "
+                          f"--num_samples 1 (the default)")
     if opts.submission is None:
         return
     if opts.split != "test":
@@ -144,64 +195,83 @@ def _same_length(seqs) -> int:
     return next(iter(lengths.values()))
 
 
+SAMPLES_PER_PROGRAM = 16  # samples generated at once at most: a 630-frame 32x64 sample is 15 MB
+
+
+def _repeated(first_frame, poses, n: int):
+    """One video's inputs as a batch of n (for `check_finite`'s account of each sample)."""
+    return np.broadcast_to(first_frame, (n, *first_frame.shape)), np.broadcast_to(poses, (n, *poses.shape))
+
+
+def _chunks(n: int) -> list[range]:
+    """Sample ranges of one size, at most SAMPLES_PER_PROGRAM, covering 0..n-1; the last one
+    may run past n-1 (its extra samples are generated and dropped) so that every chunk is
+    one compiled program."""
+    count = -(-n // SAMPLES_PER_PROGRAM)
+    size = -(-n // count)
+    return [range(start, start + size) for start in range(0, n, size)]
+
+
+def _score_video(model, cfg, opts, name, first, poses, truth, video_key, with_ssim: bool):
+    """One video's N samples, generated and checked, and scored where there is a truth ->
+    (scores {metric: (N, frames)} or None, the sample kept: the best by mean PSNR, or the
+    unscored sample). Only the best sample so far is held, not all N."""
+    n, mode = opts.num_samples, opts.z_mode or cfg.z_mode
+    keys = sample_keys(video_key, n)
+    scores, kept = {"psnr": [], "ssim": [], "course_score": []}, None
+    for chunk in _chunks(n):
+        chunk_keys = keys[np.minimum(np.asarray(chunk), n - 1)]  # a short last chunk repeats the last key
+        frames = model.samples(first, poses, chunk_keys, mode, check=False)[:n - chunk.start]
+        model.check_finite(frames, [f"{opts.split} video {name}" + (f" (sample {chunk.start + s})" if n > 1 else "")
+                                    for s in range(len(frames))], _repeated(first, poses, len(frames)))
+        if truth is None:
+            return None, frames[0]
+        scores["psnr"].append(np.asarray(metrics.psnr(frames[:, 1:], truth[1:])))
+        scores["course_score"].append(metrics.course_psnr(frames, np.broadcast_to(truth, frames.shape)))
+        if with_ssim:  # one sample at a time: SSIM's moments of a whole chunk would be 5 x its frames
+            scores["ssim"].append(np.stack([np.asarray(metrics.ssim(f[1:], truth[1:])) for f in frames]))
+        best = int(metrics.best_of_n({"psnr": np.concatenate(scores["psnr"])[None]}, by="psnr")[0][0])
+        if best >= chunk.start:  # the best so far is in this chunk
+            kept = frames[best - chunk.start]
+    return {m: np.concatenate(v) for m, v in scores.items() if v}, kept
+
+
 def evaluate(model: Lab4Model, cfg, opts, out, log=print) -> dict:
-    """Returns {"out", "psnr" (videos, samples, frames) or None, "mean_psnr", "mean_ssim",
-    "course_score" (the Kaggle formula on val, `metrics.course_score`), "submission" (its
-    path, when written)}."""
-    mode, n = opts.z_mode or cfg.z_mode, opts.num_samples
+    """Returns {"out", "psnr" and "ssim" (videos, samples, frames) or None, "best_sample"
+    (videos,), "mean_psnr", "mean_ssim", "course_score" (the Kaggle formula on val,
+    `metrics.course_score`): the best-of-N figures, today's at N = 1, "summary" (best_* and
+    mean_* of each), "protocol" (what was scored and chosen), "submission" (its path, when
+    written)}. Also written: summary.json (the same figures and protocol, and "sample_psnr":
+    each sample's mean PSNR, videos x samples, the spread best of N chose from)."""
+    n = opts.num_samples
     base = jax.random.key(opts.seed)
-    window = metrics.SSIMParams().win_size
-    with_ssim = min(cfg.frame_H, cfg.frame_W) >= window  # SSIM's window must fit in the frame
+    with_ssim = min(cfg.frame_H, cfg.frame_W) >= metrics.SSIMParams().win_size  # its window must fit in a frame
     seqs = _sequences(cfg, opts.split, log)  # a bad layout fails here, before any rollout
     test = opts.split == "test"
     if opts.submission:
         _same_length(seqs)  # before any rollout
-    generated = []
-    for v, (name, first, poses, truth) in enumerate(seqs):
-        samples = [model.generate(first, poses, jax.random.fold_in(base, v * n + s), mode, check=False)
-                   for s in range(n)]
-        for s, sample in enumerate(samples):  # before anything is written or scored
-            model.check_finite(sample[None], [f"{opts.split} video {name}" + (f" (sample {s})" if n > 1 else "")],
-                               (first[None], poses[None]))
-        generated.append(samples)
-    scores, ssims, courses, firsts = [], [], [], []
-    for v, ((name, first, poses, truth), samples) in enumerate(zip(seqs, generated)):
-        firsts.append(samples[0])
-        panels = [samples[0]] + ([truth] if truth is not None else []) + [poses]
+    per_video, kept = [], []
+    for v, (name, first, poses, truth) in enumerate(seqs):  # every video checked before anything is written
+        scores, frames = _score_video(model, cfg, opts, name, first, poses, truth, jax.random.fold_in(base, v),
+                                      with_ssim)
+        per_video.append(scores)
+        kept.append(frames)
+    for v, ((name, first, poses, truth), frames) in enumerate(zip(seqs, kept)):
+        panels = [frames] + ([truth] if truth is not None else []) + [poses]
         media.write_gif(media.side_by_side(*panels), out / f"{opts.split}{name}.gif")
         if test:  # the course Tester's GIF: the prediction alone, native size, 20 ms a frame
-            media.write_gif(samples[0], out / f"pred_seq{v}.gif", duration_ms=20, scale=1)
-        if truth is not None:
-            scores.append(np.stack([np.asarray(metrics.psnr(s[1:], truth[1:])) for s in samples]))
-            courses.append([metrics.course_psnr(s, truth) for s in samples])
-            if with_ssim:
-                ssims.append(np.stack([np.asarray(metrics.ssim(s[1:], truth[1:])) for s in samples]))
+            media.write_gif(frames, out / f"pred_seq{v}.gif", duration_ms=20, scale=1)
     if opts.save_frames:
-        np.savez_compressed(opts.save_frames, pred=np.stack(firsts).astype(np.float32))
-    layout = "prediction | ground truth | pose" if scores else "prediction | pose"
-    result = {"out": out, "psnr": None, "mean_psnr": None, "course_score": None}
-    if scores:
-        psnr = np.stack(scores)  # (videos, samples, frames)
-        result.update(psnr=psnr, mean_psnr=float(np.mean(psnr)), course_score=float(np.mean(courses)),
-                      mean_ssim=float(np.mean(ssims)) if with_ssim else None)
-        ssim_text = (f"mean SSIM {result['mean_ssim']:.4f} (Gaussian window {window}, sigma {metrics.SSIMParams().sigma})" if with_ssim else
-                     f"SSIM not computed: {cfg.frame_H}x{cfg.frame_W} frames are smaller than its {window}-pixel window")
-        per_frame = psnr.reshape(-1, psnr.shape[-1])
-        media.write_psnr_csv(out / "psnr_per_frame.csv", per_frame)
-        plots.plot_psnr_per_frame(per_frame, out / "psnr_per_frame.png", f"{opts.split} PSNR per frame ({mode} z)")
-        log(f"mean PSNR {result['mean_psnr']:.3f} dB | protocol: {psnr.shape[0]} video(s) x "
-            f"{n} sample(s), frames 1..{psnr.shape[-1]} of each scored (frame 0 given), "
-            f"PSNR per frame over all pixels, data range 1.0, z {'~ N(0, I) per step' if mode == 'sample' else '= 0 (prior mean)'}, "
-            f"{opts.which} checkpoint; {ssim_text}")
-        last = min(metrics.COURSE_LAST_FRAME, psnr.shape[-1])
-        log(f"course score {result['course_score']:.3f} dB | the Kaggle leaderboard's formula (demo.py): "
-            f"PSNR per frame on the integer frames rint(255 clip(x, 0, 1)), data range 255, frames 1..{last} "
-            f"of each video, mean over frames, videos and samples")
-        log(f"wrote {out / 'psnr_per_frame.csv'} (rows: video*samples+sample), {out / 'psnr_per_frame.png'}")
+        np.savez_compressed(opts.save_frames, pred=np.stack(kept).astype(np.float32))
+    scored = per_video[0] is not None
+    layout = "prediction | ground truth | pose" if scored else "prediction | pose"
+    result = {"out": out, "psnr": None, "ssim": None, "mean_psnr": None, "mean_ssim": None, "course_score": None}
+    if scored:
+        result.update(_report(per_video, cfg, opts, out, with_ssim, log))
     else:
-        log(f"generated {len(firsts)} test sequence(s) (not scored: the test split has no ground truth)")
+        log(f"generated {len(kept)} test sequence(s) (not scored: the test split has no ground truth)")
     if opts.submission:
-        videos = np.stack(firsts)
+        videos = np.stack(kept)
         try:
             result["submission"] = submission.write_submission(opts.submission, videos, [s[0] for s in seqs])
         except OSError as err:
@@ -210,9 +280,67 @@ def evaluate(model: Lab4Model, cfg, opts, out, log=print) -> dict:
         v_count, t, h, w, c = videos.shape
         course = "" if (t, h, w) == (630, 32, 64) else "; the course's Kaggle expects 630 frames of 32x64 per video"
         log(f"wrote the submission {opts.submission}: {v_count * t} rows ({v_count} test videos in numeric folder "
-            f"order x {t} frames, frame 0 the given one{', first z sample' if n > 1 else ''}) x {c * h * w} columns "
+            f"order x {t} frames, frame 0 the given one) x {c * h * w} columns "
             f"((C, H, W) = ({c}, {h}, {w})), values rint(255 clip(x, 0, 1)){course}")
-    gifs = f"GIFs ({layout}) in {out}" + ("; pred_seq<i>.gif: the course Tester's, prediction only, "
-                                          "i = the video's position in numeric folder order" if test else "")
-    log(gifs + (f"; frames saved to {opts.save_frames}" if opts.save_frames else ""))
+    gifs = f"GIFs ({layout}{f', best of {n}' if scored and n > 1 else ''}) in {out}" + (
+        "; pred_seq<i>.gif: the course Tester's, prediction only, i = the video's position in numeric folder order"
+        if test else "")
+    log(gifs + (f"; {'best samples' if scored and n > 1 else 'frames'} saved to {opts.save_frames}"
+                if opts.save_frames else ""))
     return result
+
+
+def _report(per_video, cfg, opts, out, with_ssim: bool, log) -> dict:
+    """Best of N and mean of N from every video's per-sample scores: printed with their
+    protocol, written (per-frame CSV and plots, summary.json), returned."""
+    mode, n = opts.z_mode or cfg.z_mode, opts.num_samples
+    scores = {m: np.stack([s[m] for s in per_video]) for m in per_video[0]}  # {m: (videos, samples, frames)}
+    best_sample, best, mean = metrics.best_of_n(scores, by="psnr")
+    summary = {f"{kind}_{m}": float(np.mean(d[m])) for kind, d in (("best", best), ("mean", mean)) for m in scores}
+    videos, frames = scores["psnr"].shape[0], scores["psnr"].shape[-1]
+    params = metrics.SSIMParams()
+    last = min(metrics.COURSE_LAST_FRAME, frames)
+    z = "~ N(0, I) per step" if mode == "sample" else "= 0 (prior mean)"
+    ssim_text = (f"SSIM Gaussian window {params.win_size}, sigma {params.sigma}" if with_ssim else
+                 f"SSIM not computed: {cfg.frame_H}x{cfg.frame_W} frames are smaller than its "
+                 f"{params.win_size}-pixel window")
+    course_text = (f"the Kaggle leaderboard's formula (demo.py): PSNR per frame on the integer frames "
+                   f"rint(255 clip(x, 0, 1)), data range 255, frames 1..{last} of each video")
+    selection = (f"best of {n}: for each video, the sample with the highest mean PSNR over frames 1..{frames}; "
+                 f"every best-of-{n} figure is that sample's; mean of {n}: each per-frame figure averaged over "
+                 f"the {n} samples" if n > 1 else "one sample per video: nothing chosen")
+    core = (f"{videos} {opts.split} video(s) x {n} sample(s), frames 1..{frames} of each scored (frame 0 given), "
+            f"PSNR per frame over all pixels, data range 1.0, z {z}, {opts.which} checkpoint, seed {opts.seed}")
+    protocol = f"{core}; {selection}; {ssim_text}; course score: {course_text}"
+    columns = {"psnr": best["psnr"], **({"ssim": best["ssim"]} if with_ssim else {})}
+    if n > 1:
+        columns = {f"{kind}_{m}": d[m] for kind, d in (("best", best), ("mean", mean)) for m in columns}
+    csv_path, json_path = out / "psnr_per_frame.csv", out / "summary.json"
+    media.write_per_frame_csv(csv_path, columns)
+    of_n = f", best of {n} by mean PSNR" if n > 1 else ""
+    figures = [plots.plot_psnr_per_frame(best["psnr"], out / "psnr_per_frame.png",
+                                         f"{opts.split} PSNR per frame ({mode} z{of_n})")]
+    if with_ssim:
+        figures.append(plots.plot_ssim_per_frame(best["ssim"], out / "ssim_per_frame.png",
+                                                 f"{opts.split} SSIM per frame ({mode} z{of_n})"))
+    json_path.write_text(json.dumps({"protocol": protocol, "selection": selection, "num_samples": n, "z_mode": mode,
+                                     "videos": videos, "scored_frames": [1, frames],
+                                     "best_sample": best_sample.tolist(), **summary,
+                                     "sample_psnr": np.mean(scores["psnr"], axis=-1).tolist()}, indent=1) + "\n")
+    if n == 1:  # the one sample's figures, in the lines printed before N could be more
+        if with_ssim:
+            ssim_text = (f"mean SSIM {summary['best_ssim']:.4f} (Gaussian window {params.win_size}, "
+                         f"sigma {params.sigma})")
+        log(f"mean PSNR {summary['best_psnr']:.3f} dB | protocol: {core}; {ssim_text}")
+        log(f"course score {summary['best_course_score']:.3f} dB | {course_text}, mean over frames and videos")
+    else:
+        log(f"protocol: {protocol}")
+        for kind in ("best", "mean"):
+            log(f"  {kind} of {n}: PSNR {summary[f'{kind}_psnr']:.3f} dB"
+                + (f" | SSIM {summary[f'{kind}_ssim']:.4f}" if with_ssim else "")
+                + f" | course score {summary[f'{kind}_course_score']:.3f} dB")
+    log(f"wrote {csv_path} (rows: video, frame; columns: {', '.join(columns)}), "
+        + ", ".join(map(str, figures)) + f", {json_path}")
+    return {"psnr": scores["psnr"], "ssim": scores.get("ssim"), "best_sample": best_sample,
+            "mean_psnr": summary["best_psnr"], "mean_ssim": summary.get("best_ssim"),
+            "course_score": summary["best_course_score"], "summary": summary, "protocol": protocol}

@@ -1,4 +1,4 @@
-"""Videos and tables on disk: GIFs of predictions and per-frame PSNR CSVs.
+"""Videos and tables on disk: GIFs of predictions and per-frame metric CSVs.
 
 Frames are (T, H, W, 3) floats in [0, 1] (NHWC, time first), as the model produces them.
 """
@@ -80,13 +80,22 @@ def write_psnr_csv(path, psnr, first_frame_index: int = 1) -> Path:
     so `first_frame_index=1` when frame 0 was the given conditioning frame. Values are
     written with repr, so they (and inf) read back exactly with float().
     """
-    table = np.atleast_2d(np.asarray(psnr, dtype=np.float64))
+    return write_per_frame_csv(path, {"psnr": psnr}, first_frame_index)
+
+
+def write_per_frame_csv(path, columns: dict, first_frame_index: int = 1) -> Path:
+    """`write_psnr_csv` with any named columns, each (videos, frames) or (frames,):
+    `video,frame,<name>...` rows, one per (video, frame)."""
+    tables = {name: np.atleast_2d(np.asarray(v, dtype=np.float64)) for name, v in columns.items()}
+    shapes = {t.shape for t in tables.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"columns differ in shape: { {n: t.shape for n, t in tables.items()} }")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["video", "frame", "psnr"])
-        for video, row in enumerate(table):
-            for j, value in enumerate(row):
-                writer.writerow([video, first_frame_index + j, repr(float(value))])
+        writer.writerow(["video", "frame", *tables])
+        for video in range(shapes.pop()[0]):
+            for j, row in enumerate(zip(*(t[video] for t in tables.values()))):
+                writer.writerow([video, first_frame_index + j, *(repr(float(x)) for x in row)])
     return path

@@ -212,3 +212,20 @@ def course_score(pred, truth, last_frame: int = COURSE_LAST_FRAME) -> float:
     `course_psnr` over every kept frame of every video (the leaderboard's public and
     private scores are this mean over their own videos)."""
     return float(np.mean(course_psnr(pred, truth, last_frame)))
+
+
+# --------------------------------------------------------------------------- N samples per sequence
+
+
+def best_of_n(scores: dict[str, np.ndarray], by: str) -> tuple[np.ndarray, dict, dict]:
+    """Best of N and mean of N from per-sample scores {metric: (videos, samples, frames)}.
+
+    Returns (best, {metric: (videos, frames)} of each video's best sample, {metric:
+    (videos, frames)} means over the samples). A video's best sample is the one with the
+    highest mean of `by` over its frames, and every metric is that one sample's (never each
+    metric's own maximum), so best-of-N figures describe a video the model generated. NumPy;
+    a metric may have its own number of frames (e.g. the course score's frames 1..600)."""
+    best = np.argmax(np.mean(scores[by], axis=-1), axis=1)
+    videos = np.arange(len(best))
+    return (best, {m: s[videos, best] for m, s in scores.items()},
+            {m: np.mean(s, axis=1) for m, s in scores.items()})

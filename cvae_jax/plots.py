@@ -1,4 +1,4 @@
-"""Report figures: training curves and per-frame PSNR.
+"""Report figures: training curves and per-frame PSNR and SSIM.
 
 Figures are built with `matplotlib.figure.Figure` and rendered by the Agg canvas, so
 nothing touches pyplot's global figure registry or needs a display.
@@ -100,26 +100,32 @@ def plot_psnr_per_frame(
     skip non-finite entries. x is the frame index, starting at `first_frame_index`
     (1 when frame 0 is the given conditioning frame).
     """
-    psnr = np.atleast_2d(np.asarray(psnr, dtype=np.float64))
-    frames = first_frame_index + np.arange(psnr.shape[1])
+    return _plot_per_frame(psnr, path, title, "PSNR (dB)", "{:.2f} dB", baseline, first_frame_index)
+
+
+def _plot_per_frame(values, path, title: str, ylabel: str, mean_format: str,
+                    baseline=None, first_frame_index: int = 1) -> Path:
+    """The per-frame figure of any metric (`plot_psnr_per_frame`, `plot_ssim_per_frame`)."""
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    frames = first_frame_index + np.arange(values.shape[1])
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
-    if psnr.shape[0] > 1:
-        for video in psnr:
+    if values.shape[0] > 1:
+        for video in values:
             _plot_finite(ax, frames, video, color="C0", alpha=0.25, linewidth=0.7)
-    _plot_finite(ax, frames, _nanmean_rows(psnr), color="C0", label=f"model (mean {_finite_mean(psnr):.2f} dB)")
+    _plot_finite(ax, frames, _nanmean_rows(values), color="C0",
+                 label=f"model (mean {mean_format.format(_finite_mean(values))})")
     if baseline is not None:
         baseline = np.atleast_2d(np.asarray(baseline, dtype=np.float64))
         base_frames = first_frame_index + np.arange(baseline.shape[1])
-        label = f"baseline (mean {_finite_mean(baseline):.2f} dB)"
+        label = f"baseline (mean {mean_format.format(_finite_mean(baseline))})"
         _plot_finite(ax, base_frames, _nanmean_rows(baseline), color="C7", linestyle="--", label=label)
     ax.set_xlabel("frame")
-    ax.set_ylabel("PSNR (dB)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
-
 
 
 def plot_curves(curves: dict, path, title: str, ylabel: str, first_frame_index: int = 1) -> Path:
@@ -136,3 +142,8 @@ def plot_curves(curves: dict, path, title: str, ylabel: str, first_frame_index: 
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def plot_ssim_per_frame(ssim: np.ndarray, path, title: str, first_frame_index: int = 1) -> Path:
+    """Per-frame SSIM, (videos, frames) or (frames,), drawn as `plot_psnr_per_frame` draws PSNR."""
+    return _plot_per_frame(ssim, path, title, "SSIM", "{:.4f}", None, first_frame_index)

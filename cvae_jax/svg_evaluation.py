@@ -122,7 +122,7 @@ def evaluate(model: SVGModel, cfg, opts, out: pathlib.Path, log=print) -> dict:
         for m in METRICS:
             per_sample[m].append(chunk[m])
         if samples:
-            best = np.argmax(chunk["ssim_channel"].mean(-1), axis=1)
+            best = metrics.best_of_n(chunk, by="ssim_channel")[0]
             stacked = np.stack(samples, axis=1)  # (B, N, F, ...)
             best_pred = stacked[np.arange(b), best]
             if save_frames:
@@ -132,10 +132,7 @@ def evaluate(model: SVGModel, cfg, opts, out: pathlib.Path, log=print) -> dict:
                 if len(gifs) < GIF_SEQUENCES:
                     gifs.append((data.val_frames[c * len(frames) + i], best_pred[i], stacked[i, rand[i]]))
     scores = {m: np.concatenate(v) for m, v in per_sample.items()}  # (V, N, F)
-    best_idx = np.argmax(scores["ssim_channel"].mean(-1), axis=1)
-    v = np.arange(len(best_idx))
-    best = {m: s[v, best_idx] for m, s in scores.items()}        # (V, F)
-    mean = {m: s.mean(axis=1) for m, s in scores.items()}        # (V, F)
+    best_idx, best, mean = metrics.best_of_n(scores, by="ssim_channel")  # (V,), {m: (V, F)}
     baseline = data.baseline_psnr()
     _write_csv(out / "metrics_per_frame.csv", best, mean, baseline, n_past)
     plots.plot_psnr_per_frame(best["psnr_image"], out / "psnr_per_frame.png",

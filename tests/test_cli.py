@@ -154,7 +154,10 @@ def test_a_version_1_run_folder_loads_in_a_notebook(run_v1):
 def test_a_version_1_run_folder_evaluates(run_v1, tmp_path, capsys, keep_cache_config):
     res = cli.evaluate_main(["--run", str(run_v1), "--out", str(tmp_path / "eval")])
     assert np.isfinite(res["mean_psnr"]) and res["psnr"].shape == (1, 1, 15)
-    assert (tmp_path / "eval" / "psnr_per_frame.csv").is_file()
+    # 8x16 frames: smaller than SSIM's 11-pixel window, so no SSIM, and the log says why
+    assert (tmp_path / "eval" / "psnr_per_frame.csv").read_text().startswith("video,frame,psnr\n")
+    assert res["ssim"] is None and not (tmp_path / "eval" / "ssim_per_frame.png").exists()
+    assert "SSIM not computed: 8x16 frames are smaller than its 11-pixel window" in capsys.readouterr().out
     code, err = exit_and_stderr(cli.evaluate_main, ["--run", str(run_v1), "--n_future", "5"], capsys)
     assert code == 2 and err == "cvae-jax-evaluate: error: --n_future applies to --model svg, not lab4\n"
 

@@ -178,3 +178,21 @@ def test_ssim_params_are_honoured():
     c1 = (0.05) ** 2
     assert ssim_map(x, y, params=params).shape == (2, 10, 3)
     assert float(ssim(x, y, params=params)) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), abs=1e-5)
+
+
+def test_best_of_n_takes_every_metric_from_the_sample_best_by_mean():
+    from cvae_jax.metrics import best_of_n
+    # video 0: sample 1 has the best mean PSNR though sample 0 has the best frame and the best SSIM
+    psnr = np.array([[[40.0, 10.0], [26.0, 25.0], [20.0, 20.0]],
+                     [[10.0, 11.0], [12.0, 9.0], [30.0, 31.0]]])
+    ssim = np.array([[[0.9, 0.9], [0.1, 0.2], [0.5, 0.5]],
+                     [[0.3, 0.3], [0.4, 0.4], [0.2, 0.2]]])
+    course = np.array([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [6.0]]])  # its own number of frames
+    best, chosen, mean = best_of_n({"psnr": psnr, "ssim": ssim, "course": course}, by="psnr")
+    np.testing.assert_array_equal(best, [1, 2])
+    np.testing.assert_array_equal(chosen["psnr"], [[26.0, 25.0], [30.0, 31.0]])
+    np.testing.assert_array_equal(chosen["ssim"], [[0.1, 0.2], [0.2, 0.2]])  # not the best SSIM
+    np.testing.assert_array_equal(chosen["course"], [[2.0], [6.0]])
+    np.testing.assert_allclose(mean["psnr"], [[86 / 3, 55 / 3], [52 / 3, 17]])
+    np.testing.assert_allclose(mean["ssim"][0], [1.5 / 3, 1.6 / 3])
+    assert best_of_n({"psnr": psnr}, by="psnr")[0].tolist() == [1, 2]

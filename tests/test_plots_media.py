@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvae_jax.media import side_by_side, to_uint8, upscale_nearest, write_gif, write_psnr_csv
-from cvae_jax.plots import plot_psnr_per_frame, plot_training
+from cvae_jax.media import side_by_side, to_uint8, upscale_nearest, write_gif, write_per_frame_csv, write_psnr_csv
+from cvae_jax.plots import plot_psnr_per_frame, plot_ssim_per_frame, plot_training
 
 
 def _records(n):
@@ -61,6 +61,7 @@ def test_plot_psnr_per_frame_variants(tmp_path):
     with_nan = curves[0].copy()
     with_nan[3] = np.nan
     assert _is_png(plot_psnr_per_frame(with_nan, tmp_path / "nan.png", "nan", first_frame_index=0))
+    assert _is_png(plot_ssim_per_frame(rng.uniform(0, 1, (3, 20)), tmp_path / "ssim.png", "val SSIM"))
 
 
 # ---------------------------------------------------------------- media
@@ -137,3 +138,10 @@ def test_write_psnr_csv_round_trip(tmp_path):
 def test_write_psnr_csv_single_video(tmp_path):
     path = write_psnr_csv(tmp_path / "one.csv", np.array([20.0, 21.0]), first_frame_index=0)
     assert path.read_text().splitlines() == ["video,frame,psnr", "0,0,20.0", "0,1,21.0"]
+
+
+def test_write_per_frame_csv_columns_side_by_side(tmp_path):
+    path = write_per_frame_csv(tmp_path / "m.csv", {"psnr": [[20.0, 21.0]], "ssim": [[0.5, -0.25]]})
+    assert path.read_text().splitlines() == ["video,frame,psnr,ssim", "0,1,20.0,0.5", "0,2,21.0,-0.25"]
+    with pytest.raises(ValueError, match="columns differ in shape"):
+        write_per_frame_csv(tmp_path / "bad.csv", {"psnr": np.zeros((2, 3)), "ssim": np.zeros((2, 2))})

@@ -76,18 +76,19 @@ def leftovers(folder: pathlib.Path) -> list[str]:
 
 
 def fake_generate(monkeypatch, nan_at=None):
-    """Lab4Model.generate without the model (no compile): the first frame, then the poses;
-    `nan_at=(video's first pixel value, frame)` puts a NaN into that video's frame."""
+    """Lab4Model.samples (what evaluate.py generates with) without the model (no compile):
+    the first frame, then the poses, once per key; `nan_at=(video index, frame)` puts a
+    NaN into that video's frame."""
     calls = []
 
-    def generate(self, first, poses, key=None, z_mode=None, check=True):
+    def samples(self, first, poses, keys, z_mode=None, check=True):
         calls.append(len(poses))
-        out = np.concatenate([first[None], poses[1:]]).astype(np.float32)
+        out = np.repeat(np.concatenate([first[None], poses[1:]]).astype(np.float32)[None], len(keys), axis=0)
         if nan_at is not None and len(calls) == nan_at[0] + 1:
-            out[nan_at[1], 0, 0, 0] = np.nan
+            out[:, nan_at[1], 0, 0, 0] = np.nan
         return out
 
-    monkeypatch.setattr(Lab4Model, "generate", generate)
+    monkeypatch.setattr(Lab4Model, "samples", samples)
     restore_once(monkeypatch)
     return calls
 
@@ -118,6 +119,7 @@ def no_rollout(monkeypatch):
     def generate(*args, **kwargs):
         raise AssertionError("the error must come before the rollout")
     monkeypatch.setattr(Lab4Model, "generate", generate)
+    monkeypatch.setattr(Lab4Model, "samples", generate)
     restore_once(monkeypatch)
 
 
