@@ -112,7 +112,8 @@ def template_schedule(cfg: Config, meta: dict, step: int) -> tuple[float, float,
 
 def _check_template_can_load(cfg: Config, run, allow_sigmoid: bool) -> None:
     """Refuse runs the course template cannot rebuild: another model, encoder widths the
-    template would not build at these dims, an output sigmoid it does not apply."""
+    template would not build at these dims, an extension's layers, an output sigmoid it
+    does not apply."""
     if cfg.model != "lab4":
         raise ConfigError(f"{run} is a --model {cfg.model} run; the course template's checkpoint holds "
                           "the Lab4 model only")
@@ -123,6 +124,9 @@ def _check_template_can_load(cfg: Config, run, allow_sigmoid: bool) -> None:
         raise ConfigError(f"{run} has --F_dim {cfg.F_dim} --L_dim {cfg.L_dim}: its encoder widths are {ours}, the "
                           f"course template builds {theirs} at these dims (F/8, F/4, F/2, L/2), so its "
                           f"Tester could not load it; only runs at {REFERENCE_WIDTHS_AT} convert")
+    if cfg.copy_mask != "none":
+        raise ConfigError(f"{run} was trained with --copy_mask {cfg.copy_mask}, an extension of the course "
+                          "model whose mask head the template has no place for")
     if cfg.output_sigmoid and not allow_sigmoid:
         raise ConfigError(f"{run} was trained with --output_sigmoid; the course template's Generator has no "
                           "output activation, so its Tester would generate other frames. Add torch.sigmoid "
