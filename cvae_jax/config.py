@@ -188,6 +188,8 @@ class Lab4Config(Section):
                             "source + (1 - m) * generated, the source being the previous frame or the "
                             "given first frame; D_out_dim/8 + 1 params (none: reference)",
                             choices=("none", "previous", "first"))
+    residual: bool = option(False, "extension: the generator predicts a correction to the previous frame "
+                            "(added to its logit under --output_sigmoid); no new params (off: reference)")
     augment: str = option("none", "training clips: flip frames and poses left-right together (flip), and "
                           "shift them by up to 1/16 of the frame (flip_shift); none: reference",
                           choices=AUGMENTS)

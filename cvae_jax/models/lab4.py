@@ -60,9 +60,10 @@ class PoseEncoder(nnx.Module):
 
 class Lab4CVAE(nnx.Module):
     def __init__(self, F_dim: int = 128, L_dim: int = 32, N_dim: int = 12, D_out_dim: int = 192,
-                 output_sigmoid: bool = False, copy_mask: str = "none", *, rngs: nnx.Rngs):
+                 output_sigmoid: bool = False, copy_mask: str = "none", residual: bool = False, *,
+                 rngs: nnx.Rngs):
         F, L, N, D = F_dim, L_dim, N_dim, D_out_dim
-        self.N_dim, self.output_sigmoid = N, output_sigmoid
+        self.N_dim, self.output_sigmoid, self.residual = N, output_sigmoid, residual
         self.frame_encoder = nnx.Sequential(
             ResidualBlock(3, 16, rngs=rngs), DepthConvBlock(16, 16, rngs=rngs),
             ResidualBlock(16, 32, rngs=rngs), DepthConvBlock(32, 32, rngs=rngs),
@@ -110,12 +111,21 @@ class Lab4CVAE(nnx.Module):
         for layer in body:
             h = layer(h)
         x = last(h)
+        if self.residual:  # a correction to the previous frame, in logit space under the sigmoid
+            prev = prev_frame.astype(x.dtype)
+            x = x + (_logit(prev) if self.output_sigmoid else prev)
         x = jax.nn.sigmoid(x) if self.output_sigmoid else x
         if self.copy_mask is None:
             return x
         source = prev_frame if self.copy_from == "previous" else first_frame
         m = jax.nn.sigmoid(self.copy_mask(h))
         return m * source.astype(x.dtype) + (1 - m) * x
+
+
+def _logit(x, eps: float = 1e-3):
+    """Inverse sigmoid, with frames clipped off 0 and 1 (where it is infinite)."""
+    x = jnp.clip(x, eps, 1 - eps)
+    return jnp.log(x) - jnp.log1p(-x)
 
 
 class Lab4Inputs(NamedTuple):
@@ -230,7 +240,7 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
 
 def build(cfg, key) -> Lab4CVAE:
     return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, output_sigmoid=cfg.output_sigmoid,
-                    copy_mask=cfg.copy_mask, rngs=nnx.Rngs(params=key))
+                    copy_mask=cfg.copy_mask, residual=cfg.residual, rngs=nnx.Rngs(params=key))
 
 
 def teacher_steps(cfg, batch) -> int:
