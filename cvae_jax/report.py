@@ -62,8 +62,11 @@ def _per_frame(path: pathlib.Path) -> dict[int, float] | None:
         return None
     by_frame: dict[int, list[float]] = {}
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            by_frame.setdefault(int(row["frame"]), []).append(float(row["psnr"]))
+        for n, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                by_frame.setdefault(int(row["frame"]), []).append(float(row["psnr"]))
+            except (KeyError, TypeError, ValueError):
+                raise RunFolderError(f"{path}, line {n}: not a video,frame,psnr row (a damaged run folder?)") from None
     means = {}
     for frame, values in sorted(by_frame.items()):
         finite = [v for v in values if math.isfinite(v)]

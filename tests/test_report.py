@@ -228,6 +228,7 @@ def test_report_on_svg_runs_plots_ssim(tmp_path, plotted):
     ("no_config", "error: {tmp}/empty/config.json not found: is {tmp}/empty a cvae-jax run folder"),
     ("no_records", "error: {b} has no training records yet"),
     ("twice", "error: {a} is given twice"),
+    ("cut_csv", "error: {b}/val_psnr_per_frame.csv, line 3: not a video,frame,psnr row"),
 ])
 def test_report_refuses_in_one_line(tmp_path, capsys, case, message):
     a = _fake_run(tmp_path / "a", preset("cpu"), [{"epoch": 0, "loss": 1.0, "steps": 2, "seconds": 1.0}])
@@ -236,6 +237,9 @@ def test_report_refuses_in_one_line(tmp_path, capsys, case, message):
         _fake_run(b, preset("cpu", "svg"), [{"epoch": 0, "loss": 1.0, "steps": 2, "seconds": 1.0}])
     elif case == "no_records":
         _fake_run(b, preset("cpu"), [])
+    elif case == "cut_csv":
+        _fake_run(b, preset("cpu").replace(lr=0.1), [{"epoch": 0, "loss": 1.0, "steps": 2, "seconds": 1.0}])
+        (b / "val_psnr_per_frame.csv").write_text("video,frame,psnr\n0,1,20.5\n0,2")
     (tmp_path / "empty").mkdir()
     second = {"missing": tmp_path / "nowhere", "no_config": tmp_path / "empty", "twice": a}.get(case, b)
     code, err = exit_and_stderr(report.main, [str(a), str(second), "--out", str(tmp_path / "out")], capsys)
