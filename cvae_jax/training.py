@@ -24,7 +24,6 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
@@ -87,7 +86,8 @@ def total_steps(cfg: Config, data) -> int:
 
 
 def schedule_at(cfg: Config, epoch: int, global_step: int, progress: Progress) -> Schedule:
-    """The step's schedule values; run-length schedules use the length the run started with."""
+    """The step's schedule values as host float32 scalars (traced as float32 inputs, and
+    logged without reading a device); run-length schedules use the length the run started with."""
     lr = schedules.learning_rate(cfg.lr_schedule, cfg.lr, epoch, global_step, progress.schedule_steps,
                                  cfg.lr_milestones, cfg.lr_gamma)
     per_step = cfg.kl_anneal_per == "step"
@@ -98,7 +98,7 @@ def schedule_at(cfg: Config, epoch: int, global_step: int, progress: Progress) -
         tfr = schedules.AdaptiveTFR.from_dict(progress.adaptive_tfr).ratio
     else:
         tfr = schedules.teacher_forcing_ratio(epoch, cfg.tfr, cfg.tfr_sde, cfg.tfr_d_step, cfg.tfr_floor)
-    return Schedule(*(jnp.float32(v) for v in (lr, beta, tfr)))
+    return Schedule(*(np.float32(v) for v in (lr, beta, tfr)))
 
 
 def validate(predict, state, data, base_key, sharding=None):
