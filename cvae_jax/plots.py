@@ -52,9 +52,10 @@ def plot_training(records: list[dict], path) -> Path:
     fig = Figure(figsize=(7, 9), layout="constrained")
     ax_loss, ax_beta, ax_psnr = fig.subplots(3, 1, sharex=True)
 
-    lines = _plot_finite(ax_loss, epoch, _column(records, "loss"), label="loss", color="C0")
-    lines += _plot_finite(ax_loss, epoch, _column(records, "mse"), label="mse", color="C0", linestyle=":")
-    _log_axis(ax_loss, _column(records, "loss"))  # epoch 0's KL would flatten every later epoch
+    loss, mse = _column(records, "loss"), _column(records, "mse")
+    lines = _plot_finite(ax_loss, epoch, loss, label="loss", color="C0")
+    lines += _plot_finite(ax_loss, epoch, mse, label="mse", color="C0", linestyle=":")
+    _log_axis(ax_loss, loss, mse)  # epoch 0's KL would flatten every later epoch
     ax_loss.set_ylabel("training loss")
     ax_tfr = ax_loss.twinx()
     lines += _plot_finite(ax_tfr, epoch, _column(records, "tfr"), label="teacher forcing", color="C1")
