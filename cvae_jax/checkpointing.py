@@ -2,7 +2,8 @@
 
 A run folder holds `config.json` (the resolved config, `config.CONFIG_VERSION`; a file
 without a version is version 1 and loads too), `checkpoints/` (the last k),
-`best/` (the best by validation PSNR), `metrics.jsonl`, plots and GIFs. Each checkpoint
+`best/` (the best by validation PSNR), `metrics.jsonl` (epochs), `steps.jsonl` (every
+`--log_every` steps), TensorBoard event files, plots and GIFs. Each checkpoint
 holds the whole training state (params, BatchNorm statistics, optimizer state, step) and
 a JSON `meta` item (epoch, step within it, base RNG key, schedule state), so a resumed
 run continues exactly where it stopped.

@@ -153,6 +153,8 @@ class RunConfig(Section):
     per_save: int = option(1, "checkpoint every N epochs", positive=True)
     keep_last: int = option(3, "checkpoints kept besides the best", positive=True)
     val_every: int = option(1, "validate every N epochs (and after the last)", positive=True)
+    log_every: int = option(10, "append a line of the last N steps' mean metrics to steps.jsonl and "
+                            "TensorBoard every N training steps", positive=True, resume=True)
     z_mode: str = option("sample", "z at generation: sampled from the prior, or its mean",
                          choices=("sample", "mean"))
 

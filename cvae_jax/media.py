@@ -73,6 +73,17 @@ def side_by_side(*videos) -> np.ndarray:
     return np.concatenate(pieces, axis=2)
 
 
+def frame_strip(video, count: int = 8, scale: int = 2) -> np.ndarray:
+    """`count` evenly spaced frames of a (T, H, W, 3) float video, top to bottom with a
+    1-px white line between, as uint8 (a GIF's content as one still, for TensorBoard)."""
+    video = to_uint8(video)
+    picked = video[np.unique(np.linspace(0, len(video) - 1, min(count, len(video))).round().astype(int))]
+    rows = []
+    for frame in picked:
+        rows += [frame, np.full((1, *frame.shape[1:]), 255, np.uint8)]
+    return upscale_nearest(np.concatenate(rows[:-1]), scale)
+
+
 def write_psnr_csv(path, psnr, first_frame_index: int = 1) -> Path:
     """Per-frame PSNR as `video,frame,psnr` rows, one per (video, frame).
 

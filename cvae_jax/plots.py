@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def _column(records: Sequence[dict], key: str) -> np.ndarray:
@@ -25,6 +26,13 @@ def _plot_finite(ax, x: np.ndarray, y: np.ndarray, **kwargs):
     keep = np.isfinite(x) & np.isfinite(y)
     style = {"marker": "o", "markersize": 3 if keep.sum() < 50 else 0, **kwargs}
     return ax.plot(x[keep], y[keep], **style)
+
+
+def _log_axis(ax, *values: np.ndarray) -> None:
+    """A log y axis when every finite value is positive (curves spanning decades)."""
+    finite = np.concatenate([v[np.isfinite(v)] for v in values])
+    if finite.size and finite.min() > 0:
+        ax.set_yscale("log")
 
 
 def _save(fig: Figure, path) -> Path:
@@ -44,8 +52,10 @@ def plot_training(records: list[dict], path) -> Path:
     fig = Figure(figsize=(7, 9), layout="constrained")
     ax_loss, ax_beta, ax_psnr = fig.subplots(3, 1, sharex=True)
 
-    lines = _plot_finite(ax_loss, epoch, _column(records, "loss"), label="loss", color="C0")
-    lines += _plot_finite(ax_loss, epoch, _column(records, "mse"), label="mse", color="C0", linestyle=":")
+    loss, mse = _column(records, "loss"), _column(records, "mse")
+    lines = _plot_finite(ax_loss, epoch, loss, label="loss", color="C0")
+    lines += _plot_finite(ax_loss, epoch, mse, label="mse", color="C0", linestyle=":")
+    _log_axis(ax_loss, loss, mse)  # epoch 0's KL would flatten every later epoch
     ax_loss.set_ylabel("training loss")
     ax_tfr = ax_loss.twinx()
     lines += _plot_finite(ax_tfr, epoch, _column(records, "tfr"), label="teacher forcing", color="C1")
@@ -147,3 +157,33 @@ def plot_curves(curves: dict, path, title: str, ylabel: str, first_frame_index: 
 def plot_ssim_per_frame(ssim: np.ndarray, path, title: str, first_frame_index: int = 1) -> Path:
     """Per-frame SSIM, (videos, frames) or (frames,), drawn as `plot_psnr_per_frame` draws PSNR."""
     return _plot_per_frame(ssim, path, title, "SSIM", "{:.4f}", None, first_frame_index)
+
+
+def plot_runs(runs: dict[str, list[dict]], x: str, panels: Sequence[tuple[str, str]], path, title: str) -> Path:
+    """Several runs' records overlaid, one panel per (record key, axis label), each run one
+    colour named once in the figure's legend; `x` is the record key on the x axis. Panels
+    whose values span decades (loss, KL, learning rate) get a log axis."""
+    cols = 2
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(11, 2.8 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (key, label) in zip(axes, panels):
+        values = []
+        for i, (name, records) in enumerate(runs.items()):
+            y = _column(records, key)
+            values.append(y)
+            _plot_finite(ax, _column(records, x), y, color=f"C{i % 10}", label=name)
+        if key in ("loss", "kl", "lr"):
+            _log_axis(ax, *values)
+        ax.set_ylabel(label)
+        ax.set_xlabel(x)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if not any(np.isfinite(v).any() for v in values):
+            ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.suptitle(title)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(runs), 3), fontsize="small")
+    return _save(fig, path)

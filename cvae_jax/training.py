@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
-import json
 import os
 import pathlib
 import queue
@@ -25,12 +24,11 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from cvae_jax import checkpointing, distributed, media, metrics, models, plots, schedules
+from cvae_jax import checkpointing, distributed, media, metrics, models, plots, run_logs, schedules
 from cvae_jax.config import RESUME_FLAGS, Config, check_resume_changes
 from cvae_jax.errors import ConfigError, RunExistsError
 from cvae_jax.train_step import Schedule, init_state, make_predict, make_train_step
@@ -46,6 +44,8 @@ class Progress:
     n_done: int = 0           # steps in those sums
     schedule_epochs: int = 0  # the run length the schedules keep (a resume may train longer)
     schedule_steps: int = 0
+    log_sums: dict = dataclasses.field(default_factory=dict)  # metric sums since the last steps.jsonl line
+    log_n: int = 0
 
     def to_json(self, base_key, cfg: Config) -> dict:
         """The checkpoint's `meta` item: this state, the base key, and the resolved config
@@ -86,7 +86,8 @@ def total_steps(cfg: Config, data) -> int:
 
 
 def schedule_at(cfg: Config, epoch: int, global_step: int, progress: Progress) -> Schedule:
-    """The step's schedule values; run-length schedules use the length the run started with."""
+    """The step's schedule values as host float32 scalars (traced as float32 inputs, and
+    logged without reading a device); run-length schedules use the length the run started with."""
     lr = schedules.learning_rate(cfg.lr_schedule, cfg.lr, epoch, global_step, progress.schedule_steps,
                                  cfg.lr_milestones, cfg.lr_gamma)
     per_step = cfg.kl_anneal_per == "step"
@@ -97,12 +98,14 @@ def schedule_at(cfg: Config, epoch: int, global_step: int, progress: Progress) -
         tfr = schedules.AdaptiveTFR.from_dict(progress.adaptive_tfr).ratio
     else:
         tfr = schedules.teacher_forcing_ratio(epoch, cfg.tfr, cfg.tfr_sde, cfg.tfr_d_step, cfg.tfr_floor)
-    return Schedule(*(jnp.float32(v) for v in (lr, beta, tfr)))
+    return Schedule(*(np.float32(v) for v in (lr, beta, tfr)))
 
 
 def validate(predict, state, data, base_key, sharding=None):
     """Per-(sequence, frame) PSNR of prior rollouts of every validation sequence, scored on
-    the predicted frames only; returns (psnr, predictions), the same in every process.
+    the predicted frames only; returns (psnr, scores, predictions), the same in every
+    process. `scores`: mean PSNR, mean SSIM (None where frames are smaller than its window)
+    and the model's course score (`TrainingData.course_score`, None where it has none).
     `sharding` places the inputs (replicated: validation batches are a single video)."""
     preds, truths = [], []
     for i, (inputs, truth) in enumerate(data.val_batches()):
@@ -112,8 +115,13 @@ def validate(predict, state, data, base_key, sharding=None):
         pred = distributed.to_host(predict(state.params, state.batch_stats, inputs, key))
         preds.append(pred[:len(truth)])
         truths.append(truth)
-    preds = np.concatenate(preds)
-    return np.asarray(metrics.psnr(preds, np.concatenate(truths))), preds
+    preds, truths = np.concatenate(preds), np.concatenate(truths)
+    psnr = np.asarray(metrics.psnr(preds, truths))
+    fits = min(truths.shape[-3:-1]) >= metrics.SSIMParams().win_size
+    scores = {"psnr": float(np.nanmean(psnr)),
+              "ssim": float(np.nanmean(metrics.ssim(preds, truths))) if fits else None,
+              "course_score": data.course_score(preds)}
+    return psnr, scores, preds
 
 
 def new_run_dir(cfg: Config) -> pathlib.Path:
@@ -183,7 +191,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     if num_epoch is not None:
         resume_changes["num_epoch"] = num_epoch
     cfg, run_dir, resuming = _open_run(cfg, resume, resume_changes, log)
-    records = _read_records(run_dir)
+    records = _read_records(run_dir) if resuming else []  # a new run's folder may hold a failed start's
     mesh = data_mesh()
     if cfg.batch_size % mesh.size:
         where = f" of the {jax.process_count()} processes" if jax.process_count() > 1 else ""
@@ -218,15 +226,19 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
     baseline = data.baseline_psnr()
     global_step = int(state.step)
     stop = _StopSignals()
-    pending = None  # (metrics on the device, epoch, global step) of the last dispatched step
+    logs = run_logs.RunLogs(run_dir, global_step, enabled=main)
+    pending = None  # (metrics on the device, epoch, global step, schedule) of the last dispatched step
+    rate = [time.perf_counter(), 0]  # start of the training time since the last logged line, its steps
 
     def drain():
         """Host copy of the last step's metrics; a non-finite loss stops the run (that step
-        left the state unchanged: `train_step.make_train_step`)."""
+        left the state unchanged: `train_step.make_train_step`). Every --log_every steps
+        the mean metrics since the previous line go to steps.jsonl and TensorBoard, with
+        the training steps per second (validation and checkpoints not counted)."""
         nonlocal pending
         if pending is None:
             return
-        m, epoch, step = pending
+        m, epoch, step, step_sched = pending
         pending = None
         m = {k: float(v) for k, v in distributed.to_host(m).items()}
         if not np.isfinite(m["loss"]) or not np.isfinite(m["grad_norm"]):
@@ -237,11 +249,21 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                                      f"{saved} (lower --lr?)")
         for k, v in m.items():
             progress.sums[k] = progress.sums.get(k, 0.0) + v
+            progress.log_sums[k] = progress.log_sums.get(k, 0.0) + v
         progress.n_done += 1
+        progress.log_n += 1
+        rate[1] += 1
+        if (step + 1) % cfg.log_every == 0:
+            now = time.perf_counter()
+            logs.step({"step": step + 1, "epoch": epoch,
+                       **{k: v / progress.log_n for k, v in progress.log_sums.items()},
+                       **{k: float(v) for k, v in step_sched._asdict().items()},
+                       "steps_per_s": rate[1] / max(now - rate[0], 1e-9), "seconds": round(now - t_start, 1)})
+            progress.log_sums, progress.log_n, rate[:] = {}, 0, [now, 0]
         bar.set_postfix(loss=f"{m['loss']:.4f}", mse=f"{m['mse']:.4f}", kl=f"{m['kl']:.1f}", refresh=False)
 
     bar = None
-    with stop:
+    with stop, logs:
         for epoch in range(progress.epoch, cfg.num_epoch):
             n_steps = data.steps_in_epoch(epoch)
             sched = schedule_at(cfg, epoch, global_step, progress)
@@ -255,7 +277,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                 state, m = train_step(state, distributed.global_array(batch, batch_sharding), sched,
                                       epoch_key, step_key)
                 drain()  # the previous step's metrics, read while this one runs
-                pending = (m, epoch, global_step)
+                pending = (m, epoch, global_step, sched)
                 if not PIPELINE:
                     drain()
                 global_step += 1
@@ -269,15 +291,18 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                     raise distributed.Preempted(signum)
             drain()
             bar.close()
+            paused = time.perf_counter()
             record = {"epoch": epoch, **{k: v / max(progress.n_done, 1) for k, v in progress.sums.items()},
                       "beta": float(sched.beta), "tfr": float(sched.tfr), "lr": float(sched.lr),
                       "steps": global_step, "seconds": round(time.perf_counter() - t_start, 1)}
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.num_epoch:
-                psnr, preds = validate(predict, state, data, base_key, replicated)
-                record["val_psnr"] = float(np.nanmean(psnr))
+                psnr, scores, preds = validate(predict, state, data, base_key, replicated)
+                record.update({f"val_{k}": v for k, v in scores.items() if v is not None})
                 _after_validation(cfg, progress, record["val_psnr"])
                 if main:
-                    _write_run_figures(run_dir, records + [record], psnr, preds, data, baseline)
+                    video = media.side_by_side(*data.gif_panels(0, preds[0]))
+                    _write_run_figures(run_dir, records + [record], psnr, video, data, baseline)
+                    logs.validation(global_step, scores, media.frame_strip(video))
             progress.epoch, progress.step_in_epoch, progress.sums, progress.n_done = epoch + 1, 0, {}, 0
             records.append(record)
             if main:
@@ -288,6 +313,7 @@ def train_and_evaluate(cfg: Config | None = None, resume: str | None = None,
                 checkpointing.save(last_mgr, global_step, state, meta)
                 if record.get("val_psnr") is not None:
                     checkpointing.save(best_mgr, global_step, state, meta, {"val_psnr": record["val_psnr"]})
+            rate[0] += time.perf_counter() - paused
     last_mgr.wait_until_finished()
     best_mgr.wait_until_finished()
     log(_summary(run_dir, records, baseline, data.baseline_name, time.perf_counter() - t_start))
@@ -387,13 +413,13 @@ def _after_validation(cfg: Config, progress: Progress, val_psnr: float) -> None:
                                                               cfg.tfr_floor).to_dict()
 
 
-def _write_run_figures(run_dir, records, psnr, preds, data, baseline) -> None:
+def _write_run_figures(run_dir, records, psnr, video, data, baseline) -> None:
     plots.plot_training(records, run_dir / "training.png")
     plots.plot_psnr_per_frame(psnr, run_dir / "val_psnr_per_frame.png",
                               "validation PSNR per frame (z from the prior)", baseline=baseline,
                               first_frame_index=data.first_scored_frame)
     media.write_psnr_csv(run_dir / "val_psnr_per_frame.csv", psnr, first_frame_index=data.first_scored_frame)
-    media.write_gif(media.side_by_side(*data.gif_panels(0, preds[0])), run_dir / "val_video0.gif")
+    media.write_gif(video, run_dir / "val_video0.gif")
 
 
 def _epoch_line(r: dict, baseline: float, baseline_name: str) -> str:
@@ -409,7 +435,9 @@ def _summary(run_dir, records, baseline, baseline_name, seconds) -> str:
     val = [r["val_psnr"] for r in records if r.get("val_psnr") is not None]
     lines = [f"run folder: {run_dir}",
              f"  checkpoints: {run_dir / 'checkpoints'} (last), {run_dir / 'best'} (best val PSNR)",
-             f"  metrics: {run_dir / 'metrics.jsonl'}; config: {run_dir / checkpointing.CONFIG_FILE}"]
+             f"  metrics: {run_dir / run_logs.EPOCHS_FILE} (epochs), {run_dir / run_logs.STEPS_FILE} (steps); "
+             f"config: {run_dir / checkpointing.CONFIG_FILE}",
+             f"  TensorBoard: tensorboard --logdir {run_dir.parent}"]
     if val:
         lines += [f"  plots: {run_dir / 'training.png'}, {run_dir / 'val_psnr_per_frame.png'}; "
                   f"GIF: {run_dir / 'val_video0.gif'}",
@@ -420,12 +448,8 @@ def _summary(run_dir, records, baseline, baseline_name, seconds) -> str:
 
 
 def _read_records(run_dir: pathlib.Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return run_logs.read_jsonl(run_dir / run_logs.EPOCHS_FILE)
 
 
 def _write_records(run_dir: pathlib.Path, records: list[dict]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    (run_dir / "metrics.jsonl").write_text(text)
+    run_logs.write_jsonl(run_dir / run_logs.EPOCHS_FILE, records)

@@ -98,7 +98,7 @@ def test_config_flags_with_resume_are_refused_by_name(capsys, run_v1, argv, mess
 
 
 def test_resume_flags_are_how_not_what():
-    assert {"num_epoch", "scan_unroll", "remat", "conv_impl"} <= set(cli.RESUME_FLAGS)
+    assert {"num_epoch", "scan_unroll", "remat", "conv_impl", "log_every"} <= set(cli.RESUME_FLAGS)
     assert not {"lr", "batch_size", "precision", "tfr", "F_dim", "seed"} & set(cli.RESUME_FLAGS)
 
 

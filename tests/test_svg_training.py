@@ -5,6 +5,7 @@ and the TFDS source behind `--data tfds`."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -178,6 +179,9 @@ def test_resume_is_bit_exact_and_checkpoint_predicts(bair_root, workdir):
     b, _ = restored(part)
     for x, y in zip(leaves(a), leaves(b)):
         np.testing.assert_array_equal(x, y)
+    # validation also scores SSIM (64x64 frames fit its window); BAIR has no course score
+    records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["val_ssim"] <= 1 and "val_course_score" not in r for r in records), records
     model = checkpointing.load_checkpoint(full, which="latest")
     rng = np.random.default_rng(0)
     ctx, cond = rng.random((2, 64, 64, 3), dtype=np.float32), rng.random((6, 7), dtype=np.float32)

@@ -57,6 +57,11 @@ class DanceData:
         first = np.broadcast_to(self.val_frames[:, :1], self.val_frames[:, 1:].shape)
         return np.asarray(metrics.psnr(first, self.val_frames[:, 1:]))
 
+    def course_score(self, preds) -> float:
+        """The course's Kaggle score (`metrics.course_score`) of the predicted frames 1..T-1
+        of every validation video, so validation tracks the leaderboard's number."""
+        return metrics.course_score(np.concatenate([self.val_frames[:, :1], preds], axis=1), self.val_frames)
+
     def gif_panels(self, video: int, pred) -> list[np.ndarray]:
         """prediction (with the given first frame) | ground truth | pose."""
         full = np.concatenate([self.val_frames[video, :1], pred], axis=0)

@@ -34,6 +34,8 @@ class TrainingData(Protocol):
 
     def gif_panels(self, video: int, pred) -> list: ...
 
+    def course_score(self, preds) -> float | None: ...  # the course's leaderboard formula, if any
+
 
 class ModelFamily(Protocol):
     """One model: build it, train it, predict with it, load its data, evaluate a run."""
