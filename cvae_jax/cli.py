@@ -252,6 +252,17 @@ def evaluate_main(argv=None, prog: str = "cvae-jax-evaluate"):
                         n_future=args.n_future, submission=args.submission)
 
 
+def train_script() -> None:
+    """`cvae-jax-train`: a console script exits with its function's value, so nothing is
+    returned (a run folder would be printed and exit 1)."""
+    train_main()
+
+
+def evaluate_script() -> None:
+    """`cvae-jax-evaluate`, as `train_script`."""
+    evaluate_main()
+
+
 MIN_CACHED_COMPILE_S = 1.0  # quicker compiles are not worth a disk entry
 _CACHE_EVENTS = {"/jax/compilation_cache/compile_requests_use_cache": "requests",
                  "/jax/compilation_cache/cache_hits": "hits"}

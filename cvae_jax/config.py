@@ -121,7 +121,8 @@ class ScheduleConfig(Section):
     title: typing.ClassVar[str] = "schedules"
     kl_anneal_type: str = option("Cyclical", f"KL weight schedule: {', '.join(KL_ANNEAL_TYPES)} "
                                  "(any case)")
-    kl_anneal_cycle: int = option(10, "epochs (or steps, per --kl_anneal_per) per annealing cycle",
+    kl_anneal_cycle: int = option(10, "annealing cycles over the run's epochs (or steps, per "
+                                  "--kl_anneal_per), as the reference's n_cycle",
                                   positive=True)
     kl_anneal_ratio: float = option(1.0, "share of each cycle spent ramping up", unit="(0, 1]")
     kl_anneal_start: float = option(0.0, "KL weight at the start of each ramp, as a share of --beta "

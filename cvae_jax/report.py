@@ -242,7 +242,8 @@ def report(run_dirs, out, log=print) -> list[pathlib.Path]:
     return written + [out / "summary.csv", out / "summary.md"]
 
 
-def main(argv=None, prog: str = "cvae-jax-report"):
+def main(argv=None, prog: str = "cvae-jax-report") -> None:
+    """The command; returns nothing, so a console script's sys.exit(main()) exits 0."""
     from cvae_jax.cli import input_errors_as_usage
     parser = argparse.ArgumentParser(prog=prog, description="Compare training runs of one model: overlaid "
                                      "curves by step and epoch, per-frame validation PSNR, summary.csv/.md.")
@@ -253,7 +254,6 @@ def main(argv=None, prog: str = "cvae-jax-report"):
     with input_errors_as_usage(parser.prog):
         written = report(args.runs, args.out)
     print("wrote " + ", ".join(str(p) for p in written))
-    return written
 
 
 if __name__ == "__main__":

@@ -177,3 +177,18 @@ def test_an_unwritable_or_full_save_root_stops_before_training(case, tmp_path, c
     assert code == 2 and err.startswith(f"cvae-jax-train: error: --save_root: cannot write the run folder "
                                         f"{save_root / 'r'}: {problem}") and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_console_scripts_exit_0_after_success(monkeypatch):
+    """pip's console-script wrapper is `sys.exit(target())`: a target that returned a run
+    folder or a dict would print it and exit 1, so every target returns None."""
+    import importlib
+    import tomllib
+    from cvae_jax import cli
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"cvae-jax-train", "cvae-jax-evaluate", "cvae-jax-convert", "cvae-jax-report"}
+    monkeypatch.setattr(cli, "train_main", lambda argv=None: ROOT)
+    monkeypatch.setattr(cli, "evaluate_main", lambda argv=None: {"mean_psnr": 20.0})
+    for name in ("cvae-jax-train", "cvae-jax-evaluate"):
+        module, _, func = scripts[name].partition(":")
+        assert getattr(importlib.import_module(module), func)() is None, name

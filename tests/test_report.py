@@ -174,7 +174,7 @@ def plotted(monkeypatch):
 
 def test_report_names_runs_by_their_differing_fields(three_runs, tmp_path, plotted):
     out = tmp_path / "out"
-    report.main([*map(str, three_runs), "--out", str(out)])
+    assert report.main([*map(str, three_runs), "--out", str(out)]) is None  # a console script exits 0
     names = ["num_epoch=2, kl_anneal_type=Monotonic", "num_epoch=1, kl_anneal_type=Cyclical",
              "num_epoch=1, kl_anneal_type=None"]
     assert plotted["step"][0] == plotted["epoch"][0] == names  # legends by field
