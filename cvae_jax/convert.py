@@ -117,6 +117,11 @@ def _check_template_can_load(cfg: Config, run, allow_sigmoid: bool) -> None:
     if cfg.model != "lab4":
         raise ConfigError(f"{run} is a --model {cfg.model} run; the course template's checkpoint holds "
                           "the Lab4 model only")
+    extensions = [flag for flag, on in (("--copy_mask " + cfg.copy_mask, cfg.copy_mask != "none"),
+                                        ("--residual", cfg.residual)) if on]
+    if extensions:
+        raise ConfigError(f"{run} was trained with {', '.join(extensions)}, an extension of the course model "
+                          "that the template does not have")
     _, like = checkpointing.abstract_state(cfg)
     ours = torch_layout.widths(torch_layout.expected_shapes(like.params, like.batch_stats))
     theirs = torch_layout.template_widths(cfg.F_dim, cfg.L_dim)
@@ -124,9 +129,6 @@ def _check_template_can_load(cfg: Config, run, allow_sigmoid: bool) -> None:
         raise ConfigError(f"{run} has --F_dim {cfg.F_dim} --L_dim {cfg.L_dim}: its encoder widths are {ours}, the "
                           f"course template builds {theirs} at these dims (F/8, F/4, F/2, L/2), so its "
                           f"Tester could not load it; only runs at {REFERENCE_WIDTHS_AT} convert")
-    if cfg.copy_mask != "none":
-        raise ConfigError(f"{run} was trained with --copy_mask {cfg.copy_mask}, an extension of the course "
-                          "model whose mask head the template has no place for")
     if cfg.output_sigmoid and not allow_sigmoid:
         raise ConfigError(f"{run} was trained with --output_sigmoid; the course template's Generator has no "
                           "output activation, so its Tester would generate other frames. Add torch.sigmoid "
