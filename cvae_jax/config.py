@@ -187,12 +187,9 @@ class Lab4Config(Section):
     bn_mode: str = option("running", "pose BatchNorm at generation: running averages, or per-step batch "
                           "statistics (reference)", choices=("running", "batch"))
     smooth_weight: float = option(0.0, "weight of a temporal-difference MSE term (0: reference)")
-    copy_mask: str = option("none", "extension: the generator also draws a mask m and the frame is m * "
-                            "source + (1 - m) * generated, the source being the previous frame or the "
-                            "given first frame; D_out_dim/8 + 1 params (none: reference)",
-                            choices=("none", "previous", "first"))
-    residual: bool = option(False, "extension: the generator predicts a correction to the previous frame "
-                            "(added to its logit under --output_sigmoid); no new params (off: reference)")
+    first_frame_mask: bool = option(False, "extension: the generator also draws a mask from its features "
+                                    "and the first and previous frames, and copies the given first frame (the "
+                                    "static scene) where it is set; D_out_dim/8 + 8 params (off: reference)")
     augment: str = option("none", "training clips: flip frames and poses left-right together (flip), and "
                           "shift them by up to 1/16 of the frame (flip_shift); none: reference",
                           choices=AUGMENTS)

@@ -117,11 +117,9 @@ def _check_template_can_load(cfg: Config, run, allow_sigmoid: bool) -> None:
     if cfg.model != "lab4":
         raise ConfigError(f"{run} is a --model {cfg.model} run; the course template's checkpoint holds "
                           "the Lab4 model only")
-    extensions = [flag for flag, on in (("--copy_mask " + cfg.copy_mask, cfg.copy_mask != "none"),
-                                        ("--residual", cfg.residual)) if on]
-    if extensions:
-        raise ConfigError(f"{run} was trained with {', '.join(extensions)}, an extension of the course model "
-                          "that the template does not have")
+    if cfg.first_frame_mask:
+        raise ConfigError(f"{run} was trained with --first_frame_mask, an extension of the course model whose "
+                          "mask head the template does not have")
     _, like = checkpointing.abstract_state(cfg)
     ours = torch_layout.widths(torch_layout.expected_shapes(like.params, like.batch_stats))
     theirs = torch_layout.template_widths(cfg.F_dim, cfg.L_dim)

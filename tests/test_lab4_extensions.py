@@ -1,5 +1,5 @@
-"""The Lab4 levers beyond the reference: the copy mask, clip augmentation, AdamW, a KL ramp
-that starts above 0, and the course preset that combines the last three."""
+"""The Lab4 levers beyond the reference: the first-frame mask, clip augmentation, AdamW, a
+KL ramp that starts above 0, and the course preset that combines the last three."""
 
 from __future__ import annotations
 
@@ -32,30 +32,28 @@ def clip():
     return tuple(jnp.asarray(rng.uniform(0, 1, (B, T, H, W, 3)), jnp.float32) for _ in range(2))
 
 
-def saturated(source: str, logit: float):
-    """A toy model whose copy mask is fixed at sigmoid(logit) everywhere."""
-    model = random_model(seed=1, output_sigmoid=True, copy_mask=source)
-    model.copy_mask.kernel[...] = jnp.zeros_like(model.copy_mask.kernel[...])
-    model.copy_mask.bias[...] = jnp.full_like(model.copy_mask.bias[...], logit)
+def masked(logit: float, cue_weight: float = 0.0):
+    """A toy model whose mask is sigmoid(logit + cue_weight * |first - prev|^2) everywhere."""
+    model = random_model(seed=1, output_sigmoid=True, first_frame_mask=True)
+    kernel = jnp.zeros_like(model.first_frame_mask.kernel[...])
+    model.first_frame_mask.kernel[...] = kernel.at[..., -1, 0].set(cue_weight)  # the cue is the last input
+    model.first_frame_mask.bias[...] = jnp.full_like(model.first_frame_mask.bias[...], logit)
     return model
 
 
-@pytest.mark.parametrize("source", ["previous", "first"])
-def test_copy_mask_is_one_head_of_d_over_8_plus_1_params(source):
+def test_first_frame_mask_is_one_head_of_d_over_8_plus_8_params():
     ref = nnx.eval_shape(lambda: lab4.Lab4CVAE(**TINY_DIMS, rngs=nnx.Rngs(0)))
-    ext = nnx.eval_shape(lambda: lab4.Lab4CVAE(**TINY_DIMS, copy_mask=source, rngs=nnx.Rngs(0)))
-    assert n_params(ext) - n_params(ref) == TINY_DIMS["D_out_dim"] // 8 + 1
+    ext = nnx.eval_shape(lambda: lab4.Lab4CVAE(**TINY_DIMS, first_frame_mask=True, rngs=nnx.Rngs(0)))
+    assert n_params(ext) - n_params(ref) == TINY_DIMS["D_out_dim"] // 8 + 8
 
 
-@pytest.mark.parametrize("source", ["previous", "first"])
-def test_a_closed_mask_copies_its_source_in_training_and_generation(clip, source):
-    """Mask at 1: teacher-forced training (both programs) predicts the previous ground-truth
-    frame (or the clip's first), and generation repeats the given first frame."""
+def test_a_closed_mask_copies_the_first_frame_in_training_and_generation(clip):
+    """Mask at 1: both training programs predict the clip's first frame at every step, and
+    generation repeats the given first frame."""
     frames, poses = clip
-    model = saturated(source, 40.0)
-    terms = lab4.training_rollout(model, frames, poses, jnp.ones((T - 1, B)), jax.random.key(0))
-    want = jnp.swapaxes(frames[:, :-1], 0, 1) if source == "previous" else \
-        jnp.broadcast_to(frames[:, 0], (T - 1, B, H, W, 3))
+    model = masked(40.0)
+    want = jnp.broadcast_to(frames[:, 0], (T - 1, B, H, W, 3))
+    terms = lab4.training_rollout(model, frames, poses, jnp.zeros((T - 1, B)), jax.random.key(0))
     np.testing.assert_allclose(terms.preds, want, atol=1e-6)
     fast = lab4.teacher_forced_rollout(model, frames, poses, jax.random.key(0))
     np.testing.assert_allclose(fast.preds, want, atol=1e-6)
@@ -63,13 +61,29 @@ def test_a_closed_mask_copies_its_source_in_training_and_generation(clip, source
     np.testing.assert_allclose(out, jnp.broadcast_to(frames[:, :1], out.shape), atol=1e-6)
 
 
-@pytest.mark.parametrize("source", ["previous", "first"])
-def test_copy_mask_keeps_the_teacher_forced_fast_path_exact(clip, source):
-    """With the mask half open (source and generated frame mixed), the all-teacher-forced
+def test_the_mask_can_copy_where_first_and_previous_frames_agree(clip):
+    """The agreement cue reaches the mask: copied where the two frames are equal (left
+    half), generated where they differ (right half), as a ghost-free mask needs."""
+    frames, poses = clip
+    first = frames[:, 0]
+    prev = first.at[:, :, W // 2:].set(1.0 - first[:, :, W // 2:])
+    model = masked(8.0, cue_weight=-400.0)
+    args = (model.encode_frame(prev), model.encode_pose(poses[:, 1], True)[0],
+            jnp.zeros((B, H, W, TINY_DIMS["N_dim"])))
+    out = model.decode(*args, prev, first)
+    generated = masked(-40.0).decode(*args, prev, first)
+    np.testing.assert_allclose(out[:, :, :W // 2], first[:, :, :W // 2], atol=1e-3)
+    far = jnp.sum(jnp.square(first - prev), -1)[..., None] > 0.05  # pixels that really differ
+    np.testing.assert_allclose(jnp.where(far, out, 0)[:, :, W // 2:], jnp.where(far, generated, 0)[:, :, W // 2:],
+                               atol=1e-3)
+
+
+def test_first_frame_mask_keeps_the_teacher_forced_fast_path_exact(clip):
+    """With the mask half open (first and generated frames mixed), the all-teacher-forced
     program's loss is the general rollout's."""
     frames, poses = clip
-    model = saturated(source, 0.0)
-    cfg = preset("cpu").replace(**TINY_DIMS, copy_mask=source, scan_unroll=1)
+    model = masked(0.0, cue_weight=-1.0)
+    cfg = preset("cpu").replace(**TINY_DIMS, first_frame_mask=True, scan_unroll=1)
     fast = lab4.objective(model, (frames, poses), None, jax.random.key(3), 0.0, cfg)[0]
     general = lab4.objective(model, (frames, poses), jnp.ones((T - 1, B)), jax.random.key(3), 0.0, cfg)[0]
     np.testing.assert_allclose(fast, general, rtol=1e-5)
@@ -136,7 +150,7 @@ def test_course_preset_is_the_reference_model_and_trains(tmp_path):
     from cvae_jax.training import train_and_evaluate
     cfg = preset("course")
     model = nnx.eval_shape(lambda: lab4.build(cfg, jax.random.key(0)))
-    assert n_params(model) == 1_585_620 and cfg.copy_mask == "none" and cfg.optim.optimizer == "AdamW"
+    assert n_params(model) == 1_585_620 and not cfg.first_frame_mask and cfg.optim.optimizer == "AdamW"
     tiny = cfg.replace(frame_H=H, frame_W=W, **TINY_DIMS, train_vi_len=T, val_vi_len=16, steps_per_epoch=2,
                        synthetic_train_videos=1, cache_dir=str(tmp_path / "cache"), save_root=str(tmp_path),
                        num_epoch=2, val_every=1, per_save=1, scan_unroll=1, tf_fast_path=False).validated()

@@ -60,10 +60,9 @@ class PoseEncoder(nnx.Module):
 
 class Lab4CVAE(nnx.Module):
     def __init__(self, F_dim: int = 128, L_dim: int = 32, N_dim: int = 12, D_out_dim: int = 192,
-                 output_sigmoid: bool = False, copy_mask: str = "none", residual: bool = False, *,
-                 rngs: nnx.Rngs):
+                 output_sigmoid: bool = False, first_frame_mask: bool = False, *, rngs: nnx.Rngs):
         F, L, N, D = F_dim, L_dim, N_dim, D_out_dim
-        self.N_dim, self.output_sigmoid, self.residual = N, output_sigmoid, residual
+        self.N_dim, self.output_sigmoid = N, output_sigmoid
         self.frame_encoder = nnx.Sequential(
             ResidualBlock(3, 16, rngs=rngs), DepthConvBlock(16, 16, rngs=rngs),
             ResidualBlock(16, 32, rngs=rngs), DepthConvBlock(32, 32, rngs=rngs),
@@ -85,9 +84,9 @@ class Lab4CVAE(nnx.Module):
             DepthConvBlock(D // 2, D // 2, rngs=rngs), ResidualBlock(D // 2, D // 4, rngs=rngs),
             DepthConvBlock(D // 4, D // 4, rngs=rngs), ResidualBlock(D // 4, D // 8, rngs=rngs),
             DepthConvBlock(D // 8, D // 8, rngs=rngs), Conv(D // 8, 3, 1, rngs=rngs))
-        # extension: a 1x1 head beside the generator's last conv (D/8 + 1 params)
-        self.copy_from = copy_mask
-        self.copy_mask = None if copy_mask == "none" else Conv(D // 8, 1, 1, rngs=rngs)
+        # extension: a 1x1 head beside the generator's last conv, reading its features and
+        # the agreement cue below (D/8 + 8 params)
+        self.first_frame_mask = Conv(D // 8 + 7, 1, 1, rngs=rngs) if first_frame_mask else None
 
     def encode_frame(self, frame):
         return self.frame_encoder(frame)
@@ -102,30 +101,25 @@ class Lab4CVAE(nnx.Module):
         return jnp.split(out, 2, axis=-1)
 
     def decode(self, prev_feat, pose_feat, z, prev_frame=None, first_frame=None):
-        """The next frame. With a copy mask the generator also draws a mask m, and the frame
-        is m * source + (1 - m) * generated, the source being the previous input frame or
-        the given first frame: what does not change is copied, not redrawn through the
-        decoder at every step, where 630 autoregressive steps wash it out."""
+        """The next frame. With `first_frame_mask` the generator also draws a mask m and the
+        frame is m * first_frame + (1 - m) * generated: the static scene, all in the given
+        first frame, is copied instead of redrawn at every step, where 630 autoregressive
+        steps wash it out. The mask also sees the first and previous frames and their
+        squared difference: copying is safe where they agree (the scene shows in both), not
+        where the dancer stood then or stands now, at any distance in time; without that
+        cue, trained on 16-frame clips, it copies the first frame's dancer as a ghost."""
         h = self.fusion(jnp.concatenate([prev_feat, pose_feat, z], axis=-1))
         *body, last = self.generator.layers
         for layer in body:
             h = layer(h)
         x = last(h)
-        if self.residual:  # a correction to the previous frame, in logit space under the sigmoid
-            prev = prev_frame.astype(x.dtype)
-            x = x + (_logit(prev) if self.output_sigmoid else prev)
         x = jax.nn.sigmoid(x) if self.output_sigmoid else x
-        if self.copy_mask is None:
+        if self.first_frame_mask is None:
             return x
-        source = prev_frame if self.copy_from == "previous" else first_frame
-        m = jax.nn.sigmoid(self.copy_mask(h))
-        return m * source.astype(x.dtype) + (1 - m) * x
-
-
-def _logit(x, eps: float = 1e-3):
-    """Inverse sigmoid, with frames clipped off 0 and 1 (where it is infinite)."""
-    x = jnp.clip(x, eps, 1 - eps)
-    return jnp.log(x) - jnp.log1p(-x)
+        first, prev = first_frame.astype(x.dtype), prev_frame.astype(x.dtype)
+        cue = [h, first, prev, jnp.sum(jnp.square(first - prev), axis=-1, keepdims=True)]
+        m = jax.nn.sigmoid(self.first_frame_mask(jnp.concatenate(cue, axis=-1)))
+        return m * first + (1 - m) * x
 
 
 class Lab4Inputs(NamedTuple):
@@ -240,7 +234,7 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
 
 def build(cfg, key) -> Lab4CVAE:
     return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, output_sigmoid=cfg.output_sigmoid,
-                    copy_mask=cfg.copy_mask, residual=cfg.residual, rngs=nnx.Rngs(params=key))
+                    first_frame_mask=cfg.first_frame_mask, rngs=nnx.Rngs(params=key))
 
 
 def teacher_steps(cfg, batch) -> int:
