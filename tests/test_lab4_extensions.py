@@ -33,7 +33,7 @@ def clip():
 
 
 def masked(logit: float, cue_weight: float = 0.0):
-    """A toy model whose mask is sigmoid(logit + cue_weight * |first - prev|^2) everywhere."""
+    """A toy model whose mask is sigmoid(logit + cue_weight * skeleton area of the first pose)."""
     model = random_model(seed=1, output_sigmoid=True, first_frame_mask=True)
     kernel = jnp.zeros_like(model.first_frame_mask.kernel[...])
     model.first_frame_mask.kernel[...] = kernel.at[..., -1, 0].set(cue_weight)  # the cue is the last input
@@ -41,10 +41,10 @@ def masked(logit: float, cue_weight: float = 0.0):
     return model
 
 
-def test_first_frame_mask_is_one_head_of_d_over_8_plus_8_params():
+def test_first_frame_mask_is_one_head_of_d_over_8_plus_5_params():
     ref = nnx.eval_shape(lambda: lab4.Lab4CVAE(**TINY_DIMS, rngs=nnx.Rngs(0)))
     ext = nnx.eval_shape(lambda: lab4.Lab4CVAE(**TINY_DIMS, first_frame_mask=True, rngs=nnx.Rngs(0)))
-    assert n_params(ext) - n_params(ref) == TINY_DIMS["D_out_dim"] // 8 + 8
+    assert n_params(ext) - n_params(ref) == TINY_DIMS["D_out_dim"] // 8 + 5
 
 
 def test_a_closed_mask_copies_the_first_frame_in_training_and_generation(clip):
@@ -61,21 +61,27 @@ def test_a_closed_mask_copies_the_first_frame_in_training_and_generation(clip):
     np.testing.assert_allclose(out, jnp.broadcast_to(frames[:, :1], out.shape), atol=1e-6)
 
 
-def test_the_mask_can_copy_where_first_and_previous_frames_agree(clip):
-    """The agreement cue reaches the mask: copied where the two frames are equal (left
-    half), generated where they differ (right half), as a ghost-free mask needs."""
+def test_skeleton_area_widens_the_first_poses_ink_by_a_quarter_of_the_height():
+    pose = np.ones((1, 32, 64, 3), np.float32)
+    pose[0, 10, 20] = (0.0, 1.0, 0.0)  # one green skeleton pixel on the white canvas
+    area = np.asarray(lab4.skeleton_area(jnp.asarray(pose)))[0, ..., 0]
+    assert area.sum() == 81 and area[6:15, 16:25].all()  # 9 x 9 around it at 32 px
+    assert lab4.skeleton_area(jnp.ones((2, 4, 8, 16, 3))).max() == 0  # a blank canvas
+
+
+def test_the_mask_can_leave_out_where_the_first_dancer_stood(clip):
+    """The skeleton cue reaches the mask: the first frame is copied away from the first
+    pose's skeleton and the generated frame is kept around it, so no ghost is copied."""
     frames, poses = clip
-    first = frames[:, 0]
-    prev = first.at[:, :, W // 2:].set(1.0 - first[:, :, W // 2:])
-    model = masked(8.0, cue_weight=-400.0)
-    args = (model.encode_frame(prev), model.encode_pose(poses[:, 1], True)[0],
+    first_pose = np.ones((B, H, W, 3), np.float32)
+    first_pose[:, 4, 3] = 0.0  # skeleton ink at (4, 3): its area is rows 3-5, columns 2-4
+    model = masked(20.0, cue_weight=-40.0)
+    args = (model.encode_frame(frames[:, 1]), model.encode_pose(poses[:, 1], True)[0],
             jnp.zeros((B, H, W, TINY_DIMS["N_dim"])))
-    out = model.decode(*args, prev, first)
-    generated = masked(-40.0).decode(*args, prev, first)
-    np.testing.assert_allclose(out[:, :, :W // 2], first[:, :, :W // 2], atol=1e-3)
-    far = jnp.sum(jnp.square(first - prev), -1)[..., None] > 0.05  # pixels that really differ
-    np.testing.assert_allclose(jnp.where(far, out, 0)[:, :, W // 2:], jnp.where(far, generated, 0)[:, :, W // 2:],
-                               atol=1e-3)
+    out = model.decode(*args, frames[:, 0], jnp.asarray(first_pose))
+    generated = masked(-40.0).decode(*args, frames[:, 0], jnp.asarray(first_pose))
+    np.testing.assert_allclose(out[:, 3:6, 2:5], generated[:, 3:6, 2:5], atol=1e-6)
+    np.testing.assert_allclose(out[:, :, 8:], frames[:, 0, :, 8:], atol=1e-6)
 
 
 def test_first_frame_mask_keeps_the_teacher_forced_fast_path_exact(clip):
