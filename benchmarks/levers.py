@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
             if args.json:  # after every run, so a cut-short sweep keeps what finished
                 write_json(args, rows)
-    print(f"\n| variant | seeds | final PSNR (mean) | best PSNR (mean) | train s | wall s |")
+    print("\n| variant | seeds | final PSNR (mean) | best PSNR (mean) | train s | wall s |")
     print("|---|---|---|---|---|---|")
     for spec in args.variant:
         name = spec.partition("=")[0]

@@ -19,7 +19,7 @@ import typing
 
 from cvae_jax import models
 from cvae_jax.config import (COMMON_SECTIONS, FLAGS, MODEL_SECTIONS, MODELS, PRESET_NAMES, PRESETS,
-                             RESUME_FLAGS, Config, check_resume_changes, flag_name, preset)
+                             RESUME_FLAGS, Config, check_resume_changes, flag_name, preset, shown)
 from cvae_jax.errors import InputError
 
 DEFAULT_MODEL = Config().model
@@ -40,18 +40,10 @@ def _value_type(field: dataclasses.Field, section: type):
     return hint
 
 
-def _shown(value) -> str:
-    if value is None:
-        return "unset"
-    if isinstance(value, tuple):
-        return " ".join(map(str, value))
-    return str(value)
-
-
 def _help(field: dataclasses.Field, default) -> str:
     """The field's one line and its default (from the preset in force); the choices are
     the flag's metavar."""
-    return f"{field.metadata['help']} (default: {_shown(default)})".replace("%", "%%")
+    return f"{field.metadata['help']} (default: {shown(default)})".replace("%", "%%")
 
 
 def _first_line(obj) -> str:

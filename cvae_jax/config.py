@@ -37,6 +37,15 @@ def option(default, help: str, *, choices=None, positive=False, unit=None, optio
     return dataclasses.field(default=default, metadata=meta)
 
 
+def shown(value) -> str:
+    """A flag's value as a command line or a legend spells it (unset, space-separated tuples)."""
+    if value is None:
+        return "unset"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return str(value)
+
+
 def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or f.name
 

@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from cvae_jax import checkpointing, plots, run_logs
-from cvae_jax.config import Config
+from cvae_jax.config import Config, shown
 from cvae_jax.errors import ConfigError, RunFolderError
 
 # Fields that name or place a run rather than change what it computes.
@@ -88,14 +88,6 @@ def load_run(path) -> Run:
     return Run(path, cfg, epochs, steps, _per_frame(path / PER_FRAME_FILE))
 
 
-def _shown(value) -> str:
-    if value is None:
-        return "unset"
-    if isinstance(value, tuple):
-        return " ".join(map(str, value))
-    return str(value)
-
-
 def differing_fields(configs: list[Config]) -> list[str]:
     """Flags whose values differ between the configs, in flag order, ignoring the run's name
     and place (`IDENTITY_FIELDS`)."""
@@ -113,7 +105,7 @@ def name_runs(runs: list[Run]) -> list[str]:
         folders = [str(r.path) for r in runs]
     if not fields:
         return folders
-    names = [", ".join(f"{f}={_shown(r.config.flat()[f])}" for f in fields) for r in runs]
+    names = [", ".join(f"{f}={shown(r.config.flat()[f])}" for f in fields) for r in runs]
     return [f"{n} ({folder})" if names.count(n) > 1 else n for n, folder in zip(names, folders)]
 
 
@@ -174,7 +166,7 @@ def summary_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
         rows.append([r.name, str(r.path), r.config.model, f"{done}/{r.config.num_epoch}", steps,
                      round(training_seconds(r), 1), _last(vals, "val_psnr"), best.get("val_psnr"),
                      best.get("epoch"), _last(r.epochs, "val_ssim"), _last(r.epochs, "val_course_score"),
-                     *(_shown(flat[f]) for f in fields)])
+                     *(shown(flat[f]) for f in fields)])
     return header, rows
 
 

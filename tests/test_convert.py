@@ -24,6 +24,7 @@ torch = pytest.importorskip("torch")
 
 from benchmarks.torch_ref import lab4 as tlab4  # noqa: E402
 from conftest import ROOT, exit_and_stderr, random_model  # noqa: E402
+from test_torch_reference import nchw, nhwc, one_torch_thread  # noqa: E402,F401 (a fixture)
 from cvae_jax import checkpointing, convert, load_checkpoint  # noqa: E402
 from cvae_jax.config import preset  # noqa: E402
 from cvae_jax.models import lab4  # noqa: E402
@@ -36,22 +37,6 @@ STEP, EPOCH = 5, 3  # the fixture run's applied steps and epochs
 SMALL = dict(frame_H=H, frame_W=W, train_vi_len=T, val_vi_len=6, synthetic_train_videos=1)
 SMALL_FLAGS = ["--frame_H", str(H), "--frame_W", str(W), "--train_vi_len", str(T), "--val_vi_len", "6",
                "--synthetic_train_videos", "1"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def nchw(a) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(a, np.float32), -1, -3)))
-
-
-def nhwc(t: torch.Tensor) -> np.ndarray:
-    return np.moveaxis(t.detach().numpy(), -3, -1)
 
 
 def assert_close(got, want, rtol=1e-5):
