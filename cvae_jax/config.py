@@ -196,10 +196,6 @@ class Lab4Config(Section):
     bn_mode: str = option("running", "pose BatchNorm at generation: running averages, or per-step batch "
                           "statistics (reference)", choices=("running", "batch"))
     smooth_weight: float = option(0.0, "weight of a temporal-difference MSE term (0: reference)")
-    first_frame_mask: bool = option(False, "extension: the generator also draws a mask from its features, "
-                                    "the first frame and the first pose's skeleton area, and copies the given "
-                                    "first frame (the static scene) where it is set; D_out_dim/8 + 5 params "
-                                    "(off: reference)")
     augment: str = option("none", "training clips: flip frames and poses left-right together (flip), and "
                           "shift them by up to 1/16 of the frame (flip_shift); none: reference",
                           choices=AUGMENTS)

@@ -112,14 +112,10 @@ def template_schedule(cfg: Config, meta: dict, step: int) -> tuple[float, float,
 
 def _check_template_can_load(cfg: Config, run, allow_sigmoid: bool) -> None:
     """Refuse runs the course template cannot rebuild: another model, encoder widths the
-    template would not build at these dims, an extension's layers, an output sigmoid it
-    does not apply."""
+    template would not build at these dims, an output sigmoid it does not apply."""
     if cfg.model != "lab4":
         raise ConfigError(f"{run} is a --model {cfg.model} run; the course template's checkpoint holds "
                           "the Lab4 model only")
-    if cfg.first_frame_mask:
-        raise ConfigError(f"{run} was trained with --first_frame_mask, an extension of the course model whose "
-                          "mask head the template does not have")
     _, like = checkpointing.abstract_state(cfg)
     ours = torch_layout.widths(torch_layout.expected_shapes(like.params, like.batch_stats))
     theirs = torch_layout.template_widths(cfg.F_dim, cfg.L_dim)

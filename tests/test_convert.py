@@ -312,7 +312,7 @@ def test_bad_flags_and_out_folders_are_one_line(argv, message, tmp_path, capsys)
 
 def test_to_torch_refusals(jax_run, written, tmp_path, capsys):
     """Not a run folder, an existing OUT, an OUT in no folder, a run the template cannot
-    rebuild (other widths, an output sigmoid, an extension, SVG): one line each, nothing written."""
+    rebuild (other widths, an output sigmoid, SVG): one line each, nothing written."""
     def refused(run, out) -> str:
         before = sorted(tmp_path.rglob("*"))
         code, err = exit_and_stderr(convert.main, ["to-torch", str(run), str(out)], capsys)
@@ -327,7 +327,6 @@ def test_to_torch_refusals(jax_run, written, tmp_path, capsys):
                                                           f"{tmp_path / 'no'} does not exist"
     for name, cfg in [("small", preset("lab4").replace(F_dim=32, L_dim=16)),
                       ("sigmoid", preset("lab4").replace(output_sigmoid=True)),
-                      ("mask", preset("lab4").replace(first_frame_mask=True)),
                       ("svg", preset("cpu", "svg"))]:
         (tmp_path / name).mkdir()
         checkpointing.save_config(tmp_path / name, cfg)
@@ -336,7 +335,6 @@ def test_to_torch_refusals(jax_run, written, tmp_path, capsys):
         "template builds (4, 8, 16, 8) at these dims (F/8, F/4, F/2, L/2), so its Tester could not load it; "
         "only runs at F_dim 128, L_dim 32 convert")
     assert "was trained with --output_sigmoid" in refused(tmp_path / "sigmoid", tmp_path / "a.ckpt")
-    assert "with --first_frame_mask, an extension" in refused(tmp_path / "mask", tmp_path / "a.ckpt")
     convert._check_template_can_load(checkpointing.load_config(tmp_path / "sigmoid"), "run", allow_sigmoid=True)
     assert refused(tmp_path / "svg", tmp_path / "a.ckpt") == (
         f"{tmp_path / 'svg'} is a --model svg run; the course template's checkpoint holds the Lab4 model only")

@@ -60,7 +60,7 @@ class PoseEncoder(nnx.Module):
 
 class Lab4CVAE(nnx.Module):
     def __init__(self, F_dim: int = 128, L_dim: int = 32, N_dim: int = 12, D_out_dim: int = 192,
-                 output_sigmoid: bool = False, first_frame_mask: bool = False, *, rngs: nnx.Rngs):
+                 output_sigmoid: bool = False, *, rngs: nnx.Rngs):
         F, L, N, D = F_dim, L_dim, N_dim, D_out_dim
         self.N_dim, self.output_sigmoid = N, output_sigmoid
         self.frame_encoder = nnx.Sequential(
@@ -84,9 +84,6 @@ class Lab4CVAE(nnx.Module):
             DepthConvBlock(D // 2, D // 2, rngs=rngs), ResidualBlock(D // 2, D // 4, rngs=rngs),
             DepthConvBlock(D // 4, D // 4, rngs=rngs), ResidualBlock(D // 4, D // 8, rngs=rngs),
             DepthConvBlock(D // 8, D // 8, rngs=rngs), Conv(D // 8, 3, 1, rngs=rngs))
-        # extension: a 1x1 head beside the generator's last conv, reading its features, the
-        # first frame and where its dancer stood (D/8 + 5 params)
-        self.first_frame_mask = Conv(D // 8 + 4, 1, 1, rngs=rngs) if first_frame_mask else None
 
     def encode_frame(self, frame):
         return self.frame_encoder(frame)
@@ -100,35 +97,9 @@ class Lab4CVAE(nnx.Module):
         out = self.posterior(jnp.concatenate([frame_feat, pose_feat], axis=-1))
         return jnp.split(out, 2, axis=-1)
 
-    def decode(self, prev_feat, pose_feat, z, first_frame=None, first_pose=None):
-        """The next frame. With `first_frame_mask` the generator also draws a mask m and the
-        frame is m * first_frame + (1 - m) * generated: the static scene, all in the given
-        first frame, is copied instead of redrawn at every step, where 630 autoregressive
-        steps wash it out. The mask also reads the first frame and where the first pose's
-        skeleton lies, so it can leave out the first frame's dancer, which it would
-        otherwise copy as a ghost once the dancer has moved on."""
-        h = self.fusion(jnp.concatenate([prev_feat, pose_feat, z], axis=-1))
-        *body, last = self.generator.layers
-        for layer in body:
-            h = layer(h)
-        x = last(h)
-        x = jax.nn.sigmoid(x) if self.output_sigmoid else x
-        if self.first_frame_mask is None:
-            return x
-        first = first_frame.astype(x.dtype)
-        cue = [h, first, skeleton_area(first_pose).astype(x.dtype)]
-        m = jax.nn.sigmoid(self.first_frame_mask(jnp.concatenate(cue, axis=-1)))
-        return m * first + (1 - m) * x
-
-
-def skeleton_area(pose):
-    """Where a pose image's skeleton lies, widened to about a body's width: the ink (1 minus
-    the darkest channel; the canvas is white) max-pooled over a window of a quarter of the
-    frame height. (..., H, W, 3) -> (..., H, W, 1)."""
-    ink = 1 - jnp.min(pose, axis=-1, keepdims=True)
-    k = 2 * (pose.shape[-3] // 8) + 1
-    window = (1,) * (ink.ndim - 3) + (k, k, 1)
-    return jax.lax.reduce_window(ink, -jnp.inf, jax.lax.max, window, (1,) * ink.ndim, "SAME")
+    def decode(self, prev_feat, pose_feat, z):
+        x = self.generator(self.fusion(jnp.concatenate([prev_feat, pose_feat, z], axis=-1)))
+        return jax.nn.sigmoid(x) if self.output_sigmoid else x
 
 
 class Lab4Inputs(NamedTuple):
@@ -180,11 +151,9 @@ def training_rollout(model: Lab4CVAE, frames, poses, teacher, key, *, remat=Fals
     _, pose_feat, moments, mu, logvar = encode_steps(model, frames, poses, remat)
     inputs = Lab4Inputs(pose_feat, mu, logvar)
 
-    first = frames[0]
-
     def step(state, prev_frame, weight, x: Lab4Inputs, key_t):
         z = reparameterize(x.mu, x.logvar, key_t)
-        return state, model.decode(model.encode_frame(prev_frame), x.pose_feat, z, first, poses[0]), None
+        return state, model.decode(model.encode_frame(prev_frame), x.pose_feat, z), None
 
     _, preds, _ = rollout(step, frames[0], inputs, key, true_prev=frames[:-1], teacher=teacher,
                           remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
@@ -208,7 +177,7 @@ def teacher_forced_rollout(model: Lab4CVAE, frames, poses, key, *, remat=False, 
 
     def step(_, x):
         prev_feat, pose_t, mu_t, logvar_t, key_t = x
-        return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t), frames[0], poses[0])
+        return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t))
 
     _, preds = scan_steps(step, None, (feat[:-1], pose_feat, mu, logvar, keys),
                           remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
@@ -232,7 +201,7 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
             z = jnp.zeros((b, h, w, model.N_dim), prev_frame.dtype)
         else:
             z = jax.random.normal(key_t, (b, h, w, model.N_dim), prev_frame.dtype)
-        return state, model.decode(model.encode_frame(prev_frame), pose_feat, z, first_frame, poses[:, 0]), None
+        return state, model.decode(model.encode_frame(prev_frame), pose_feat, z), None
 
     _, preds, _ = rollout(step, first_frame, time_major(poses)[1:], key, remat=remat)
     return jnp.concatenate([first_frame[:, None], time_major(preds)], axis=1)
@@ -242,8 +211,8 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
 
 
 def build(cfg, key) -> Lab4CVAE:
-    return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, output_sigmoid=cfg.output_sigmoid,
-                    first_frame_mask=cfg.first_frame_mask, rngs=nnx.Rngs(params=key))
+    return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim,
+                    output_sigmoid=cfg.output_sigmoid, rngs=nnx.Rngs(params=key))
 
 
 def teacher_steps(cfg, batch) -> int:
