@@ -499,20 +499,22 @@ def test_train_py_end_to_end(workdir, full_run):
     assert checkpointing.load_config(run_dir) == cfg
 
 
-def test_train_py_stops_on_ctrl_c_like_on_sigterm(workdir):
+def test_train_py_stopped_by_ctrl_c_continues_bit_exact(workdir, full_run):
     """Ctrl-C (a real SIGINT to the train.py process) mid-epoch: the step finishes, the
-    checkpoint is saved, one line says how to continue, and the exit status is 130."""
+    checkpoint is saved, one line says how to continue, the exit status is 130; the same
+    command again ends equal to the uninterrupted run."""
     cfg = tiny_config(workdir, run_name="ctrl_c")
-    proc = subprocess.run([sys.executable, "train.py", *cli_flags(cfg)], cwd=ROOT,
-                          env=subprocess_env(**{SELF_SIGNAL_ENV: "SIGINT@3"}), capture_output=True, text=True,
-                          timeout=900)
+    command = [sys.executable, "train.py", *cli_flags(cfg)]
+    proc = subprocess.run(command, cwd=ROOT, env=subprocess_env(**{SELF_SIGNAL_ENV: "SIGINT@3"}),
+                          capture_output=True, text=True, timeout=900)
     run_dir = workdir / "runs" / "ctrl_c"
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-4000:]
     assert (f"stopped by SIGINT at epoch 1, step 1 of it: saved {run_dir / 'checkpoints' / '3'}; "
             "continue with the same command") in proc.stdout
     assert "Traceback" not in proc.stderr
-    meta = restored(run_dir)[1]
-    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 1)
+    again = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert_same_run(run_dir, full_run)
 
 
 def test_cache_counts_are_per_run_and_counted_once(tmp_path, monkeypatch, keep_cache_config):
