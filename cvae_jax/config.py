@@ -18,8 +18,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from cvae_jax.errors import ConfigError
 from cvae_jax.data.dance_folder import AUGMENTS
+from cvae_jax.errors import ConfigError
 from cvae_jax.kernels import CONV_IMPLS
 from cvae_jax.schedules import KL_ANNEAL_TYPES, LR_SCHEDULES, OPTIMIZERS
 
