@@ -1,7 +1,7 @@
 """Train variants of one command side by side and tabulate their validation PSNR.
 
     python benchmarks/levers.py --DR ROOT --base "--preset cpu" \
-        --variant ref= --variant mask="--first_frame_mask" --seeds 1 2 --parallel 2 \
+        --variant ref= --variant flip="--augment flip_shift" --seeds 1 2 --parallel 2 \
         --json benchmarks/results/levers.json
 
 Each (variant, seed) is `train.py BASE VARIANT --seed S --DR ROOT` in its own process and
