@@ -469,21 +469,31 @@ def cli_flags(cfg: Config) -> list[str]:
     return argv
 
 
+def stopped_then_continued(workdir, run_name: str, signame: str):
+    """train.py in a subprocess, signalled (a real `signame`) after global step 3, mid-epoch
+    1: exit 128 + signum, one line naming the checkpoint and how to continue, no traceback;
+    then the same command again, which must succeed. Returns (cfg, run folder, second run)."""
+    cfg = tiny_config(workdir, run_name=run_name)
+    command = [sys.executable, "train.py", *cli_flags(cfg)]
+    first = subprocess.run(command, cwd=ROOT, env=subprocess_env(**{SELF_SIGNAL_ENV: f"{signame}@3"}),
+                           capture_output=True, text=True, timeout=900)
+    run_dir = workdir / "runs" / run_name
+    assert first.returncode == 128 + signal.Signals[signame], first.stderr[-4000:]
+    assert (f"stopped by {signame} at epoch 1, step 1 of it: saved {run_dir / 'checkpoints' / '3'}; "
+            "continue with the same command") in first.stdout
+    assert "Traceback" not in first.stderr
+    again = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    return cfg, run_dir, again
+
+
 def test_train_py_end_to_end(workdir, full_run):
     """train.py stopped by SIGTERM mid-epoch (exit 143, one line saying how to continue),
     then the same command again: it continues the run, loads the compiled programs from
     the persistent cache, writes every file, and ends equal to the uninterrupted run."""
     cfg = tiny_config(workdir, run_name="cli")
     assert parse(*cli_flags(cfg)) == cfg
-    command = [sys.executable, "train.py", *cli_flags(cfg)]
-    first = subprocess.run(command, cwd=ROOT, env=subprocess_env(**{SELF_SIGNAL_ENV: "SIGTERM@3"}),
-                           capture_output=True, text=True, timeout=900)
-    run_dir = workdir / "runs" / "cli"
-    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-4000:]
-    assert (f"stopped by SIGTERM at epoch 1, step 1 of it: saved {run_dir / 'checkpoints' / '3'}; "
-            "continue with the same command") in first.stdout
-    proc = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    cfg, run_dir, proc = stopped_then_continued(workdir, "cli", "SIGTERM")
     assert f"{run_dir} holds this run: continuing it" in proc.stdout
     reused = re.search(r"compiled programs: (\d+) of (\d+) loaded from the cache", proc.stdout)
     assert reused and int(reused.group(1)) > 0, proc.stdout
@@ -503,17 +513,7 @@ def test_train_py_stopped_by_ctrl_c_continues_bit_exact(workdir, full_run):
     """Ctrl-C (a real SIGINT to the train.py process) mid-epoch: the step finishes, the
     checkpoint is saved, one line says how to continue, the exit status is 130; the same
     command again ends equal to the uninterrupted run."""
-    cfg = tiny_config(workdir, run_name="ctrl_c")
-    command = [sys.executable, "train.py", *cli_flags(cfg)]
-    proc = subprocess.run(command, cwd=ROOT, env=subprocess_env(**{SELF_SIGNAL_ENV: "SIGINT@3"}),
-                          capture_output=True, text=True, timeout=900)
-    run_dir = workdir / "runs" / "ctrl_c"
-    assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-4000:]
-    assert (f"stopped by SIGINT at epoch 1, step 1 of it: saved {run_dir / 'checkpoints' / '3'}; "
-            "continue with the same command") in proc.stdout
-    assert "Traceback" not in proc.stderr
-    again = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-4000:]
+    _, run_dir, _ = stopped_then_continued(workdir, "ctrl_c", "SIGINT")
     assert_same_run(run_dir, full_run)
 
 
