@@ -6,6 +6,8 @@ Frames are (T, H, W, 3) floats in [0, 1] (NHWC, time first), as the model produc
 from __future__ import annotations
 
 import csv
+import os
+import secrets
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -109,4 +111,20 @@ def write_per_frame_csv(path, columns: dict, first_frame_index: int = 1) -> Path
         for video in range(shapes.pop()[0]):
             for j, row in enumerate(zip(*(t[video] for t in tables.values()))):
                 writer.writerow([video, first_frame_index + j, *(repr(float(x)) for x in row)])
+    return path
+
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    """Write `data` to a temporary file next to `path`, then rename it to `path`: readers
+    see the old file or the whole new one, and a failure leaves no temporary file."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from cvae_jax import checkpointing, plots, run_logs
+from cvae_jax import checkpointing, media, plots, run_logs
 from cvae_jax.config import Config, shown
 from cvae_jax.errors import ConfigError, RunFolderError
 
@@ -229,8 +229,8 @@ def report(run_dirs, out, log=print) -> list[pathlib.Path]:
     if missing:
         log(f"no {PER_FRAME_FILE} (not validated yet) in: {', '.join(map(str, missing))}")
     header, rows = summary_rows(runs)
-    run_logs.write_atomic(out / "summary.csv", _summary_csv(header, rows))
-    run_logs.write_atomic(out / "summary.md", _summary_md(header, rows, runs, [p.name for p in written]))
+    media.write_bytes_atomic(out / "summary.csv", _summary_csv(header, rows).encode())
+    media.write_bytes_atomic(out / "summary.md", _summary_md(header, rows, runs, [p.name for p in written]).encode())
     return written + [out / "summary.csv", out / "summary.md"]
 
 

@@ -10,11 +10,12 @@ told the same with `purge_step`. `cvae_jax.report` reads these files back.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import numpy as np
 from tensorboardX import SummaryWriter
+
+from cvae_jax import media
 
 EPOCHS_FILE = "metrics.jsonl"
 STEPS_FILE = "steps.jsonl"
@@ -38,17 +39,8 @@ def read_jsonl(path) -> list[dict]:
     return records
 
 
-def write_atomic(path, text: str) -> None:
-    """Write a whole file through a temporary file and a rename, so a reader (or a run
-    killed meanwhile) never sees half of it."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_jsonl(path, records: list[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+    media.write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 class RunLogs:

@@ -20,7 +20,7 @@ import secrets
 
 import numpy as np
 
-from cvae_jax import inference
+from cvae_jax import inference, media
 from cvae_jax.errors import ConfigError
 from cvae_jax.metrics import course_uint8
 
@@ -115,22 +115,6 @@ def check_writable(path) -> pathlib.Path:
     return path
 
 
-def write_bytes_atomic(path, data: bytes) -> pathlib.Path:
-    """Write `data` to a temporary file next to `path`, then rename it to `path`: readers
-    see the old file or the whole new one, and a failure leaves no temporary file."""
-    path = pathlib.Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_submission(path, videos, names=None) -> pathlib.Path:
     """Write videos (V, T, H, W, C), floats in [0, 1], as the course's submission CSV at
     `path` (module docstring). A non-finite value raises `errors.NonFiniteOutputError` naming its video
@@ -140,4 +124,4 @@ def write_submission(path, videos, names=None) -> pathlib.Path:
         raise ValueError(f"expected videos shaped (V, T, H, W, C), got {videos.shape}")
     for v, video in enumerate(videos):
         check_finite(video, str(names[v]) if names is not None else str(v))
-    return write_bytes_atomic(path, encode_csv(submission_rows(videos)))
+    return media.write_bytes_atomic(path, encode_csv(submission_rows(videos)))
