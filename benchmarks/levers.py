@@ -26,12 +26,13 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cvae_jax.data.dance_folder import frame_sort_key  # noqa: E402
 
 
 def holdout_root(root: pathlib.Path, k: int, video_len: int, work: pathlib.Path) -> pathlib.Path:
     """A dataset folder of links: train = the train split's videos 0..k-1, val = video k."""
-    sys.path.insert(0, str(ROOT))
-    from cvae_jax.data.dance_folder import frame_sort_key
     out = work / f"holdout{k}"
     imgs = sorted((root / "train" / "train_img").glob("*.png"), key=frame_sort_key)
     if len(imgs) < (k + 1) * video_len:
