@@ -113,33 +113,24 @@ def selected(request, *names) -> bool:
 
 @pytest.fixture(scope="module")
 def parallel_runs(request, workdir):
-    """{name: process} of the runs over two devices, one epoch each, started together:
-    "dp", one process over two devices, and "proc0"/"proc1", two `python train.py` processes
-    of one device each joined by `jax.distributed` into run folder "multi". Only the runs
-    whose tests are selected; output in workdir/<name>.out and .err. Started when a test
-    first needs them, after the in-process runs, so that at most three JAX processes of
-    this file share the cores."""
+    """{name: process} of the runs over two devices, started together: "dp", one process
+    over two devices for one epoch, and "stop0"/"stop1", two `python train.py` processes of
+    one device each joined by `jax.distributed` into run folder "multi" for two epochs,
+    where process 1 gets SIGINT after its first step (`multi_run` then runs the same command
+    again). Only the runs whose tests are selected; output in workdir/<name>.out and .err.
+    Started when a test first needs them, after the in-process runs, so that at most three
+    JAX processes of this file share the cores."""
     from cvae_jax.data.dance import load_dance
     procs = {}
-    want_dp = selected(request, "test_data_parallel_matches_single_device",
-                       "test_two_processes_match_one_process_over_two_devices", "test_only_process_zero_writes_and_logs")
-    want_multi = selected(request, "test_two_processes_match_one_process_over_two_devices",
-                          "test_only_process_zero_writes_and_logs")
+    want_dp = selected(request, "test_data_parallel_matches_single_device", *MULTI_TESTS)
+    want_multi = selected(request, *MULTI_TESTS)
     if want_dp or want_multi:
         load_dance(tiny_config(workdir), log=QUIET)  # write the dataset before several processes want it
-
-    def start(name, argv, devices):
-        env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-        with open(workdir / f"{name}.out", "w") as out, open(workdir / f"{name}.err", "w") as err:
-            procs[name] = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out,
-                                           stderr=err, text=True)
     if want_dp:
-        start("dp", ["-c", DP_SCRIPT, json.dumps(tiny_config(workdir, num_epoch=1, run_name="dp").to_json())], 2)
+        script = ["-c", DP_SCRIPT, json.dumps(tiny_config(workdir, num_epoch=1, run_name="dp").to_json())]
+        procs["dp"] = start(workdir, "dp", script, devices=2)
     if want_multi:
-        flags, coordinator = cli_flags(tiny_config(workdir, num_epoch=1, run_name="multi")), f"localhost:{free_port()}"
-        for i in range(2):
-            start(f"proc{i}", ["train.py", *flags, "--coordinator", coordinator, "--num_processes", "2",
-                               "--process_id", str(i)], 1)
+        procs.update(start_two_processes(workdir, "stop", signal_process_1="SIGINT@1"))
     yield procs
     for proc in procs.values():
         if proc.poll() is None:
@@ -147,22 +138,55 @@ def parallel_runs(request, workdir):
             proc.wait()
 
 
-def finish(workdir, procs: dict, names) -> None:
-    """Wait for the named processes; the first to fail (or, at the deadline, every one still
-    running) is reported with its stderr, since a failed peer leaves the others waiting."""
+MULTI_TESTS = ("test_two_processes_match_one_process_over_two_devices", "test_only_process_zero_writes_and_logs",
+               "test_a_signal_to_one_process_stops_every_process_and_the_same_command_continues")
+
+
+def start(workdir, name, argv, devices=1, **env) -> subprocess.Popen:
+    env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **env)
+    with open(workdir / f"{name}.out", "w") as out, open(workdir / f"{name}.err", "w") as err:
+        return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+
+
+def start_two_processes(workdir, prefix, signal_process_1=None) -> dict:
+    """The two processes of run "multi" (<prefix>0, <prefix>1): the same train.py command
+    but for --process_id; process 1 signals itself per `signal_process_1` ("SIGINT@1")."""
+    flags, coordinator = cli_flags(tiny_config(workdir, run_name="multi")), f"localhost:{free_port()}"
+    return {f"{prefix}{i}": start(workdir, f"{prefix}{i}", ["train.py", *flags, "--coordinator", coordinator,
+                                                            "--num_processes", "2", "--process_id", str(i)],
+                                  **({SELF_SIGNAL_ENV: signal_process_1} if i == 1 and signal_process_1 else {}))
+            for i in range(2)}
+
+
+def finish(workdir, procs: dict, names, codes=None) -> None:
+    """Wait for the named processes to exit with their `codes` (default 0); the first to
+    fail (or, at the deadline, every one still running) is reported with its stderr, since
+    a failed peer leaves the others waiting."""
     procs = {name: procs[name] for name in names}
+    codes = {name: (codes or {}).get(name, 0) for name in names}
     deadline = time.monotonic() + PARALLEL_TIMEOUT
     err = lambda name: f"{name} stderr:\n" + (workdir / f"{name}.err").read_text()[-4000:]  # noqa: E731
     while any(proc.poll() is None for proc in procs.values()):
-        failed = [name for name, proc in procs.items() if proc.poll() not in (None, 0)]
-        assert not failed, f"{failed[0]} failed:\n" + err(failed[0])
+        failed = [name for name, proc in procs.items() if proc.poll() not in (None, codes[name])]
+        assert not failed, f"{failed[0]} exited {procs[failed[0]].returncode}:\n" + err(failed[0])
         if time.monotonic() > deadline:
             running = [name for name, proc in procs.items() if proc.poll() is None]
             pytest.fail(f"{', '.join(running)} still running after {PARALLEL_TIMEOUT} s\n"
                         + "\n".join(err(name) for name in procs))
         time.sleep(0.5)
     for name, proc in procs.items():
-        assert proc.returncode == 0, f"{name} failed:\n" + err(name)
+        assert proc.returncode == codes[name], f"{name} exited {proc.returncode}:\n" + err(name)
+
+
+@pytest.fixture(scope="module")
+def multi_run(workdir, parallel_runs):
+    """Run folder "multi" once its two processes stopped on process 1's SIGINT (process 0
+    by the SIGTERM JAX's preemption service sees: exit 143; process 1 exit 130) and the
+    same command, run again ("proc0", "proc1"), finished it."""
+    finish(workdir, parallel_runs, ["stop0", "stop1"], codes={"stop0": 143, "stop1": 130})
+    parallel_runs.update(start_two_processes(workdir, "proc"))
+    finish(workdir, parallel_runs, ["proc0", "proc1"])
+    return workdir / "runs" / "multi"
 
 
 @pytest.fixture(scope="module")
@@ -276,63 +300,91 @@ def test_a_non_finite_step_is_not_applied(workdir, full_run):
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
-def test_data_parallel_matches_single_device(workdir, full_run, parallel_runs):
-    """Batch split over two host devices: the same training up to summation order."""
-    cfg = tiny_config(workdir, num_epoch=1, run_name="dp")
-    finish(workdir, parallel_runs, ["dp"])
-    assert "DEVICES 2" in (workdir / "dp.out").read_text()
+def assert_trained_alike(got_dir, want_dir, step: int, lr: float, epoch: int = 0):
+    """Run `got_dir` over two devices at checkpoint `step` against `want_dir` over one:
+    the same training up to summation order, and the same epoch record.
 
-    got, _ = restored(workdir / "runs" / "dp")
-    want, _ = restored(full_run, step=2)  # the single-device run after the same two steps
-    assert int(got.step) == int(want.step) == 2
-    # Adam divides each gradient element by its own magnitude, so an element whose gradient
-    # is rounding noise (e.g. the conv bias in front of the pose BatchNorm, whose exact
-    # gradient is 0) moves by +-lr whatever the summation order. So: nearly every element
-    # agrees to summation-order precision, and none strays beyond Adam's step bound.
+    Adam divides each gradient element by its own magnitude, so an element whose gradient
+    is rounding noise (e.g. the conv bias in front of the pose BatchNorm, whose exact
+    gradient is 0) moves by +-lr whatever the summation order. So: nearly every element
+    agrees to summation-order precision, and none strays beyond Adam's step bound."""
+    got, _ = restored(got_dir, step=step)
+    want, _ = restored(want_dir, step=step)
+    assert int(got.step) == int(want.step) == step
     close = total = 0
     for a, b in zip(leaves((got.params, got.batch_stats)), leaves((want.params, want.batch_stats)),
                     strict=True):
         close += int(np.isclose(a, b, rtol=1e-4, atol=1e-5).sum())
         total += a.size
-        assert np.abs(a - b).max() <= 2 * int(got.step) * cfg.lr * 1.01
+        assert np.abs(a - b).max() <= 2 * step * lr * 1.01
     assert close >= 0.999 * total, f"{total - close} of {total} elements differ"
-    got_record, want_record = records(workdir / "runs" / "dp")[0], records(full_run)[0]
+    got_record, want_record = records(got_dir)[epoch], records(want_dir)[epoch]
     for key in ("loss", "mse", "kl", "grad_norm"):
         assert got_record[key] == pytest.approx(want_record[key], rel=1e-4), key
     assert got_record["val_psnr"] == pytest.approx(want_record["val_psnr"], abs=0.01)
 
 
-def test_two_processes_match_one_process_over_two_devices(workdir, parallel_runs):
+def test_data_parallel_matches_single_device(workdir, full_run, parallel_runs):
+    """Batch split over two host devices: the same training up to summation order."""
+    finish(workdir, parallel_runs, ["dp"])
+    assert "DEVICES 2" in (workdir / "dp.out").read_text()
+    assert_trained_alike(workdir / "runs" / "dp", full_run, step=2, lr=tiny_config(workdir).lr)
+
+
+def test_two_processes_match_one_process_over_two_devices(workdir, parallel_runs, multi_run):
     """`jax.distributed`: two processes of one device each train as one process over two."""
-    finish(workdir, parallel_runs, ["proc0", "proc1", "dp"])
-    multi, single = workdir / "runs" / "multi", workdir / "runs" / "dp"
-    got, got_meta = restored(multi)
+    finish(workdir, parallel_runs, ["dp"])
+    single = workdir / "runs" / "dp"
+    got, got_meta = restored(multi_run, step=2)
     want, want_meta = restored(single)
     assert int(got.step) == int(want.step) == 2
-    assert got_meta["key"] == want_meta["key"] and got_meta["epoch"] == want_meta["epoch"] == 1
-    # the launch flags are not part of the saved config, which differs by the run's name only
-    assert dict(got_meta["config"], run=None) == dict(want_meta["config"], run=None)
+    assert got_meta["key"] == want_meta["key"]
+    # the launch flags are not part of the saved config, which differs by name and epochs only
+    assert dict(got_meta["config"], run=None, optim=None) == dict(want_meta["config"], run=None, optim=None)
     # the same SPMD program over the same two devices: equal up to the collectives' rounding
     for a, b in zip(leaves(got), leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    got_record, want_record = records(multi)[0], records(single)[0]
+    got_record, want_record = records(multi_run)[0], records(single)[0]
     for key in ("loss", "mse", "kl", "grad_norm", "param_norm", "val_psnr"):
         assert got_record[key] == pytest.approx(want_record[key], rel=1e-5), key
     assert got_record["grad_norm"] > 0  # it did train
 
 
-def test_only_process_zero_writes_and_logs(workdir, parallel_runs):
-    finish(workdir, parallel_runs, ["proc0", "proc1", "dp"])
-    multi, single = workdir / "runs" / "multi", workdir / "runs" / "dp"
-    # the same files, one TensorBoard event file each (its name holds the time and host)
+def test_a_signal_to_one_process_stops_every_process_and_the_same_command_continues(workdir, full_run,
+                                                                                     multi_run):
+    """SIGINT to process 1 after its first step: JAX's preemption service picks a step at
+    which both processes save one checkpoint together and exit (process 0 logs the line
+    saying how to continue); the same command continues the run, which then trains as
+    the uninterrupted run on one device did, up to summation order, epoch records too."""
+    out0, out1 = (workdir / "stop0.out").read_text(), (workdir / "stop1.out").read_text()
+    stopped = re.search(r"stopped by SIGTERM at epoch (\d), step (\d) of it: saved (\S+); continue with the "
+                        r"same command, or train.py --resume (\S+)", out0)
+    assert stopped, out0
+    step = 2 * int(stopped.group(1)) + int(stopped.group(2))
+    assert 1 <= step < 4 and stopped.group(3) == str(multi_run / "checkpoints" / str(step))
+    assert stopped.group(4) == str(multi_run)
+    assert "stopped by" not in out1 and "Traceback" not in (workdir / "stop1.err").read_text()
+    assert f"{multi_run} holds this run: continuing it" in (workdir / "proc0.out").read_text()
+    assert [r["epoch"] for r in records(multi_run)] == [0, 1]
+    assert_trained_alike(multi_run, full_run, step=4, lr=tiny_config(workdir).lr, epoch=1)
+
+
+def test_only_process_zero_writes_and_logs(workdir, parallel_runs, multi_run):
+    finish(workdir, parallel_runs, ["dp"])
+    single = workdir / "runs" / "dp"
+    # the same files; one TensorBoard event file per start of the run (its name holds the
+    # time and host): process 0's alone
     names = lambda run: sorted(re.sub(r"^events\.out\.tfevents\..*", "events", p.name)  # noqa: E731
                                for p in run.iterdir())
-    assert names(multi) == names(single) and names(multi).count("events") == 1
-    assert len(records(multi)) == 1  # one record for the one epoch, not one per process
+    assert names(single).count("events") == 1 and names(multi_run).count("events") == 2
+    assert sorted(set(names(multi_run))) == names(single)
+    assert len(records(multi_run)) == 2  # one record per epoch, not one per process
     out0, out1 = (workdir / "proc0.out").read_text(), (workdir / "proc1.out").read_text()
-    assert f"run folder: {multi}" in out0 and "epoch 0:" in out0
-    assert [line for line in out1.splitlines() if line.strip() and not line.startswith("[Gloo]")] == [], out1
-    assert "epoch 0" not in (workdir / "proc1.err").read_text()  # no progress bar either
+    assert f"run folder: {multi_run}" in out0 and "epoch 1:" in out0
+    for name in ("stop1", "proc1"):
+        out = (workdir / f"{name}.out").read_text()
+        assert [line for line in out.splitlines() if line.strip() and not line.startswith("[Gloo]")] == [], out
+        assert "epoch 0" not in (workdir / f"{name}.err").read_text()  # no progress bar either
 
 
 # --------------------------------------------------------------------------- notebook API
