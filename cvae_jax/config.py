@@ -196,6 +196,10 @@ class Lab4Config(Section):
     bn_mode: str = option("running", "pose BatchNorm at generation: running averages, or per-step batch "
                           "statistics (reference)", choices=("running", "batch"))
     smooth_weight: float = option(0.0, "weight of a temporal-difference MSE term (0: reference)")
+    copy_scene: bool = option(False, "extension: each generated frame is the given first frame (the static "
+                              "scene) except where the dancer stands in the first or the current pose, "
+                              "their skeletons widened by a quarter of the frame height; no parameters "
+                              "(off: reference)")
     augment: str = option("none", "training clips: flip frames and poses left-right together (flip), and "
                           "shift them by up to 1/16 of the frame (flip_shift); none: reference",
                           choices=AUGMENTS)

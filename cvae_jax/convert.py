@@ -112,10 +112,14 @@ def template_schedule(cfg: Config, meta: dict, step: int) -> tuple[float, float,
 
 def _check_template_can_load(cfg: Config, run, allow_sigmoid: bool) -> None:
     """Refuse runs the course template cannot rebuild: another model, encoder widths the
-    template would not build at these dims, an output sigmoid it does not apply."""
+    template would not build at these dims, an output sigmoid it does not apply, the scene
+    copy it does not make."""
     if cfg.model != "lab4":
         raise ConfigError(f"{run} is a --model {cfg.model} run; the course template's checkpoint holds "
                           "the Lab4 model only")
+    if cfg.copy_scene:
+        raise ConfigError(f"{run} was trained with --copy_scene, an extension of the course model: its frames "
+                          "copy the first frame outside the dancer, which the template's Tester does not do")
     _, like = checkpointing.abstract_state(cfg)
     ours = torch_layout.widths(torch_layout.expected_shapes(like.params, like.batch_stats))
     theirs = torch_layout.template_widths(cfg.F_dim, cfg.L_dim)

@@ -1,5 +1,5 @@
 """The Lab4 options beyond the reference: clip augmentation, AdamW, a KL ramp that starts
-above 0, and the course preset that combines the last two."""
+above 0, the course preset that combines the last two, and the scene copy."""
 
 from __future__ import annotations
 
@@ -95,3 +95,59 @@ def test_course_preset_is_the_reference_model_and_trains(tmp_path):
     assert [r["tfr"] for r in records] == pytest.approx([1.0, 0.8])
     assert records[0]["beta"] == pytest.approx(0.1) and records[1]["lr"] < records[0]["lr"]
     assert all(np.isfinite(r["val_psnr"]) for r in records)
+
+
+def test_dancer_area_widens_each_inked_pixel_by_a_quarter_of_the_frame_height():
+    pose = np.ones((H, W, 3), np.float32)
+    assert not np.asarray(lab4.dancer_area(jnp.asarray(pose))).any()  # a white canvas: no dancer
+    pose[4, 9] = (1.0, 0.5, 1.0)  # one faint skeleton pixel
+    want = np.zeros((H, W, 1), np.float32)
+    want[3:6, 8:11] = 1  # k = 2 * (H // 8) + 1 = 3
+    np.testing.assert_array_equal(np.asarray(lab4.dancer_area(jnp.asarray(pose))), want)
+
+
+def poses_with_a_walking_dancer(rng):
+    """(B, T, H, W, 3) white pose images with a short dark stroke that moves right."""
+    poses = np.ones((B, T, H, W, 3), np.float32)
+    for t in range(T):
+        poses[:, t, 2:6, 2 + 3 * t] = rng.uniform(0, 0.5, 3)
+    return jnp.asarray(poses)
+
+
+def test_copy_scene_adds_no_parameters_and_copies_the_first_frame_outside_the_dancer():
+    """--copy_scene: the same parameters; each generated frame is the first frame exactly
+    where neither the first nor the current pose has its dancer, and the generator's frame
+    elsewhere (at step 1, from the same first frame, the reference model's frame)."""
+    rng = np.random.default_rng(0)
+    build = lambda copy_scene: lab4.Lab4CVAE(**TINY_DIMS, output_sigmoid=True, copy_scene=copy_scene,  # noqa: E731
+                                             rngs=nnx.Rngs(params=jax.random.key(0)))
+    plain, scene = build(False), build(True)
+    assert n_params(scene) == n_params(plain)
+    for a, b in zip(jax.tree.leaves(nnx.state(scene)), jax.tree.leaves(nnx.state(plain)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    first = jnp.asarray(rng.random((B, H, W, 3)), jnp.float32)
+    poses = poses_with_a_walking_dancer(rng)
+    got = np.asarray(lab4.generate(scene, first, poses, jax.random.key(1)))
+    want = np.asarray(lab4.generate(plain, first, poses, jax.random.key(1)))
+    first_area = lab4.dancer_area(poses[:, 0])
+    for t in range(1, T):
+        gate = np.asarray(lab4.scene_gate(first_area, poses[:, t]))
+        assert 0 < gate.mean() < 1 and set(np.unique(gate)) == {0.0, 1.0}
+        # never where the dancer stood in the first frame (its ghost) or stands now
+        assert not (gate * first_area).any() and not (gate * lab4.dancer_area(poses[:, t])).any()
+        np.testing.assert_array_equal(np.where(gate == 1, got[:, t], 0), np.where(gate == 1, first, 0))
+        assert not np.allclose(np.where(gate == 0, got[:, t], 0), np.where(gate == 0, first, 0))
+    gate = np.asarray(lab4.scene_gate(first_area, poses[:, 1]))
+    np.testing.assert_allclose(np.where(gate == 0, got[:, 1], 0), np.where(gate == 0, want[:, 1], 0), atol=1e-6)
+
+
+def test_copy_scene_teacher_forced_fast_path_equals_the_rollout():
+    rng = np.random.default_rng(1)
+    model = lab4.Lab4CVAE(**TINY_DIMS, copy_scene=True, rngs=nnx.Rngs(params=jax.random.key(0)))
+    frames, poses = jnp.asarray(rng.random((B, T, H, W, 3)), jnp.float32), poses_with_a_walking_dancer(rng)
+    slow = lab4.training_rollout(model, frames, poses, jnp.ones((T - 1, B)), jax.random.key(2))
+    fast = lab4.teacher_forced_rollout(model, frames, poses, jax.random.key(2))
+    np.testing.assert_allclose(np.asarray(fast.preds), np.asarray(slow.preds), atol=1e-6)
+    gate = np.asarray(lab4.scene_gate(lab4.dancer_area(poses[:, :1]), poses[:, 1:]))  # (B, T-1, H, W, 1)
+    preds = np.moveaxis(np.asarray(fast.preds), 0, 1)
+    np.testing.assert_array_equal(np.where(gate == 1, preds, 0), np.where(gate == 1, frames[:, :1], 0))

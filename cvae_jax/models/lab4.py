@@ -11,6 +11,9 @@ statistics while training (as the reference); at generation time running average
 default (`bn_mode="running"`) so a frame's output never depends on which other videos
 share its batch, or per-step batch statistics with `bn_mode="batch"`, which reproduces the
 reference, whose model never leaves training mode.
+
+Extension (`copy_scene`, off in the reference): the frame is the given first frame outside
+where the dancer stands in the first and the current pose (`scene_gate`).
 """
 
 from __future__ import annotations
@@ -60,9 +63,9 @@ class PoseEncoder(nnx.Module):
 
 class Lab4CVAE(nnx.Module):
     def __init__(self, F_dim: int = 128, L_dim: int = 32, N_dim: int = 12, D_out_dim: int = 192,
-                 output_sigmoid: bool = False, *, rngs: nnx.Rngs):
+                 output_sigmoid: bool = False, copy_scene: bool = False, *, rngs: nnx.Rngs):
         F, L, N, D = F_dim, L_dim, N_dim, D_out_dim
-        self.N_dim, self.output_sigmoid = N, output_sigmoid
+        self.N_dim, self.output_sigmoid, self.copy_scene = N, output_sigmoid, copy_scene
         self.frame_encoder = nnx.Sequential(
             ResidualBlock(3, 16, rngs=rngs), DepthConvBlock(16, 16, rngs=rngs),
             ResidualBlock(16, 32, rngs=rngs), DepthConvBlock(32, 32, rngs=rngs),
@@ -97,9 +100,34 @@ class Lab4CVAE(nnx.Module):
         out = self.posterior(jnp.concatenate([frame_feat, pose_feat], axis=-1))
         return jnp.split(out, 2, axis=-1)
 
-    def decode(self, prev_feat, pose_feat, z):
+    def decode(self, prev_feat, pose_feat, z, scene=None):
+        """The next frame; with `copy_scene`, `scene` = (first frame, `scene_gate`) and the
+        frame is the first frame where the gate is 1, the generated one where it is 0."""
         x = self.generator(self.fusion(jnp.concatenate([prev_feat, pose_feat, z], axis=-1)))
-        return jax.nn.sigmoid(x) if self.output_sigmoid else x
+        x = jax.nn.sigmoid(x) if self.output_sigmoid else x
+        if not self.copy_scene:
+            return x
+        first, gate = scene
+        return gate * first.astype(x.dtype) + (1 - gate.astype(x.dtype)) * x
+
+
+def dancer_area(pose):
+    """Where the dancer may stand, from a pose image (a skeleton drawn on a white canvas):
+    every pixel with ink (darkest channel below 0.98), widened by a max-pool over a window
+    a quarter of the frame height wide, which covers the body around its skeleton.
+    (..., H, W, 3) -> (..., H, W, 1) of 0 and 1."""
+    ink = (jnp.min(pose, axis=-1, keepdims=True) < 0.98).astype(pose.dtype)
+    k = 2 * (pose.shape[-3] // 8) + 1
+    window = (1,) * (ink.ndim - 3) + (k, k, 1)
+    return jax.lax.reduce_window(ink, jnp.array(0, ink.dtype), jax.lax.max, window, (1,) * ink.ndim, "SAME")
+
+
+def scene_gate(first_area, pose):
+    """1 where the given first frame shows the scene at this step: away from the dancer in
+    the first pose (`first_area`, its `dancer_area`) and in the current `pose`. The scene is
+    static, so copying it there keeps what 630 autoregressive redraws would wash out;
+    leaving out the first pose's area keeps its dancer from staying behind as a ghost."""
+    return (1 - first_area) * (1 - dancer_area(pose))
 
 
 class Lab4Inputs(NamedTuple):
@@ -107,6 +135,12 @@ class Lab4Inputs(NamedTuple):
     pose_feat: jax.Array  # features of the current pose p_t
     mu: jax.Array         # posterior moments of x_t
     logvar: jax.Array
+    gate: jax.Array | None  # `scene_gate` of p_t with copy_scene, else None
+
+
+def scene_gates(model: Lab4CVAE, poses):
+    """`scene_gate` of steps 1..T-1 of time-major poses, or None without copy_scene."""
+    return scene_gate(dancer_area(poses[0]), poses[1:]) if model.copy_scene else None
 
 
 class Lab4Terms(NamedTuple):
@@ -149,11 +183,11 @@ def training_rollout(model: Lab4CVAE, frames, poses, teacher, key, *, remat=Fals
     """
     frames, poses = time_major(frames), time_major(poses)
     _, pose_feat, moments, mu, logvar = encode_steps(model, frames, poses, remat)
-    inputs = Lab4Inputs(pose_feat, mu, logvar)
+    inputs = Lab4Inputs(pose_feat, mu, logvar, scene_gates(model, poses))
 
     def step(state, prev_frame, weight, x: Lab4Inputs, key_t):
         z = reparameterize(x.mu, x.logvar, key_t)
-        return state, model.decode(model.encode_frame(prev_frame), x.pose_feat, z), None
+        return state, model.decode(model.encode_frame(prev_frame), x.pose_feat, z, (frames[0], x.gate)), None
 
     _, preds, _ = rollout(step, frames[0], inputs, key, true_prev=frames[:-1], teacher=teacher,
                           remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
@@ -176,10 +210,10 @@ def teacher_forced_rollout(model: Lab4CVAE, frames, poses, key, *, remat=False, 
     keys = jax.random.split(key, mu.shape[0])
 
     def step(_, x):
-        prev_feat, pose_t, mu_t, logvar_t, key_t = x
-        return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t))
+        prev_feat, pose_t, mu_t, logvar_t, key_t, gate = x
+        return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t), (frames[0], gate))
 
-    _, preds = scan_steps(step, None, (feat[:-1], pose_feat, mu, logvar, keys),
+    _, preds = scan_steps(step, None, (feat[:-1], pose_feat, mu, logvar, keys, scene_gates(model, poses)),
                           remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
     return Lab4Terms(preds, frames[1:], mu, logvar, moments)
 
@@ -194,6 +228,7 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
     """
     b, _, h, w, _ = poses.shape
     use_running = bn_mode == "running"
+    first_area = dancer_area(poses[:, 0]) if model.copy_scene else None
 
     def step(state, prev_frame, weight, pose, key_t):
         pose_feat, _ = model.encode_pose(pose, use_running_average=use_running)
@@ -201,7 +236,8 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
             z = jnp.zeros((b, h, w, model.N_dim), prev_frame.dtype)
         else:
             z = jax.random.normal(key_t, (b, h, w, model.N_dim), prev_frame.dtype)
-        return state, model.decode(model.encode_frame(prev_frame), pose_feat, z), None
+        gate = scene_gate(first_area, pose) if model.copy_scene else None
+        return state, model.decode(model.encode_frame(prev_frame), pose_feat, z, (first_frame, gate)), None
 
     _, preds, _ = rollout(step, first_frame, time_major(poses)[1:], key, remat=remat)
     return jnp.concatenate([first_frame[:, None], time_major(preds)], axis=1)
@@ -211,8 +247,8 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
 
 
 def build(cfg, key) -> Lab4CVAE:
-    return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim,
-                    output_sigmoid=cfg.output_sigmoid, rngs=nnx.Rngs(params=key))
+    return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, output_sigmoid=cfg.output_sigmoid,
+                    copy_scene=cfg.copy_scene, rngs=nnx.Rngs(params=key))
 
 
 def teacher_steps(cfg, batch) -> int:
