@@ -434,10 +434,13 @@ def cpu_preset() -> Config:
     Same architecture at smaller widths, sigmoid output for a stable 630-frame rollout and a
     faster teacher-forcing decay. KL beta is held at 1 (`None`): in a run this short, epochs
     at beta < 1 teach the decoder to read the frame out of the posterior's z, which the
-    prior cannot supply at generation time (benchmarks/NOTES.md, "cpu preset").
+    prior cannot supply at generation time (benchmarks/NOTES.md, "cpu preset"). It turns on
+    one extension of the reference, `copy_scene` (no parameters): the static studio is
+    copied from the first frame instead of redrawn 630 times, where it fades to grey
+    (benchmarks/NOTES.md, "Lab4 on real footage").
     """
     return lab4_preset().replace(
-        preset="cpu", F_dim=32, L_dim=16, N_dim=8, D_out_dim=64, output_sigmoid=True,
+        preset="cpu", F_dim=32, L_dim=16, N_dim=8, D_out_dim=64, output_sigmoid=True, copy_scene=True,
         batch_size=2, lr=0.002, lr_schedule="cosine", num_epoch=6, steps_per_epoch=40,
         kl_anneal_type="None", tfr=1.0, tfr_sde=1, tfr_d_step=0.25, tfr_floor=0.0,
         tf_mode="clip", per_save=1, val_every=2)

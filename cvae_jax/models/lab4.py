@@ -108,7 +108,8 @@ class Lab4CVAE(nnx.Module):
         if not self.copy_scene:
             return x
         first, gate = scene
-        return gate * first.astype(x.dtype) + (1 - gate.astype(x.dtype)) * x
+        gate = gate.astype(x.dtype)
+        return gate * first.astype(x.dtype) + (1 - gate) * x
 
 
 def dancer_area(pose):
