@@ -117,9 +117,10 @@ def _check_template_can_load(cfg: Config, run, allow_sigmoid: bool) -> None:
     if cfg.model != "lab4":
         raise ConfigError(f"{run} is a --model {cfg.model} run; the course template's checkpoint holds "
                           "the Lab4 model only")
-    if cfg.copy_scene:
-        raise ConfigError(f"{run} was trained with --copy_scene, an extension of the course model: its frames "
-                          "copy the first frame outside the dancer, which the template's Tester does not do")
+    if cfg.arch.extensions():
+        flags = ", ".join(f"--{n}" for n in cfg.arch.extensions())
+        raise ConfigError(f"{run} was trained with {flags}, extensions of the course model the template's "
+                          "Tester does not compute, so it would generate other frames")
     _, like = checkpointing.abstract_state(cfg)
     ours = torch_layout.widths(torch_layout.expected_shapes(like.params, like.batch_stats))
     theirs = torch_layout.template_widths(cfg.F_dim, cfg.L_dim)

@@ -1,5 +1,6 @@
 """The Lab4 options beyond the reference: clip augmentation, AdamW, a KL ramp that starts
-above 0, the course preset that combines the last two, and the scene copy."""
+above 0, the course preset that combines the last two, the scene copy and its refinements
+(the first dancer filled in, an opacity over the scene), and the first frame's appearance."""
 
 from __future__ import annotations
 
@@ -130,14 +131,15 @@ def test_copy_scene_adds_no_parameters_and_copies_the_first_frame_outside_the_da
     got = np.asarray(lab4.generate(scene, first, poses, jax.random.key(1)))
     want = np.asarray(lab4.generate(plain, first, poses, jax.random.key(1)))
     first_area = lab4.dancer_area(poses[:, 0])
+    scene_of = lab4.scene_of(scene, first, poses[:, 0])
     for t in range(1, T):
-        gate = np.asarray(lab4.scene_gate(first_area, poses[:, t]))
+        gate = np.asarray(lab4.scene_gate(scene, scene_of, poses[:, t]))
         assert 0 < gate.mean() < 1 and set(np.unique(gate)) == {0.0, 1.0}
         # never where the dancer stood in the first frame (its ghost) or stands now
         assert not (gate * first_area).any() and not (gate * lab4.dancer_area(poses[:, t])).any()
         np.testing.assert_array_equal(np.where(gate == 1, got[:, t], 0), np.where(gate == 1, first, 0))
         assert not np.allclose(np.where(gate == 0, got[:, t], 0), np.where(gate == 0, first, 0))
-    gate = np.asarray(lab4.scene_gate(first_area, poses[:, 1]))
+    gate = np.asarray(lab4.scene_gate(scene, scene_of, poses[:, 1]))
     np.testing.assert_allclose(np.where(gate == 0, got[:, 1], 0), np.where(gate == 0, want[:, 1], 0), atol=1e-6)
 
 
@@ -148,6 +150,109 @@ def test_copy_scene_teacher_forced_fast_path_equals_the_rollout():
     slow = lab4.training_rollout(model, frames, poses, jnp.ones((T - 1, B)), jax.random.key(2))
     fast = lab4.teacher_forced_rollout(model, frames, poses, jax.random.key(2))
     np.testing.assert_allclose(np.asarray(fast.preds), np.asarray(slow.preds), atol=1e-6)
-    gate = np.asarray(lab4.scene_gate(lab4.dancer_area(poses[:, :1]), poses[:, 1:]))  # (B, T-1, H, W, 1)
+    scene = lab4.scene_of(model, frames[:, :1], poses[:, :1])
+    gate = np.asarray(lab4.scene_gate(model, scene, poses[:, 1:]))  # (B, T-1, H, W, 1)
     preds = np.moveaxis(np.asarray(fast.preds), 0, 1)
     np.testing.assert_array_equal(np.where(gate == 1, preds, 0), np.where(gate == 1, frames[:, :1], 0))
+
+
+def build_lab4(seed=0, **extensions):
+    return lab4.Lab4CVAE(**TINY_DIMS, output_sigmoid=True, **extensions, rngs=nnx.Rngs(params=jax.random.key(seed)))
+
+
+def test_harmonic_fill_keeps_known_pixels_and_continues_a_smooth_studio_into_the_hole():
+    """A linear shading is harmonic, so the fill of a hole inside it is the shading itself."""
+    y, x = np.meshgrid(np.linspace(0, 1, H), np.linspace(0, 1, W), indexing="ij")
+    image = np.stack([0.2 + 0.5 * x, 0.9 - 0.6 * y, 0.3 + 0.2 * x + 0.3 * y], -1).astype(np.float32)
+    hole = np.zeros((H, W, 1), np.float32)
+    hole[2:6, 4:11] = 1
+    dancer = np.where(hole > 0, 0.0, image)  # a black dancer standing in the studio
+    filled = np.asarray(lab4.harmonic_fill(jnp.asarray(dancer), jnp.asarray(hole)))
+    np.testing.assert_array_equal(filled[hole[..., 0] == 0], image[hole[..., 0] == 0])
+    np.testing.assert_allclose(filled, image, atol=2e-3)
+    assert np.abs(dancer - image).max() > 0.2
+
+
+def test_scene_fill_copies_the_filled_studio_everywhere_but_the_current_dancer():
+    rng = np.random.default_rng(3)
+    model = build_lab4(copy_scene=True, scene_fill=True)
+    assert n_params(model) == n_params(build_lab4())
+    first = jnp.asarray(rng.random((B, H, W, 3)), jnp.float32)
+    poses = poses_with_a_walking_dancer(rng)
+    got = np.asarray(lab4.generate(model, first, poses, jax.random.key(1)))
+    scene = lab4.scene_of(model, first, poses[:, 0])
+    first_area = np.asarray(scene.first_area)
+    background = np.asarray(scene.background)
+    np.testing.assert_array_equal(np.where(first_area == 0, background, 0), np.where(first_area == 0, first, 0))
+    assert np.abs(np.where(first_area == 1, background - first, 0)).max() > 0.1  # the first dancer is gone
+    for t in range(1, T):
+        gate = np.asarray(lab4.scene_gate(model, scene, poses[:, t]))
+        np.testing.assert_array_equal(gate, 1 - np.asarray(lab4.dancer_area(poses[:, t])))
+        assert (gate * first_area).any()  # the first dancer's place is copied, filled in
+        np.testing.assert_array_equal(np.where(gate == 1, got[:, t], 0), np.where(gate == 1, background, 0))
+
+
+def test_scene_alpha_adds_one_output_channel_and_draws_over_the_filled_scene():
+    rng = np.random.default_rng(4)
+    plain, model = build_lab4(copy_scene=True, scene_fill=True), build_lab4(copy_scene=True, scene_fill=True,
+                                                                             scene_alpha=True)
+    assert n_params(model) - n_params(plain) == TINY_DIMS["D_out_dim"] // 8 + 1
+    first = jnp.asarray(rng.random((B, H, W, 3)), jnp.float32)
+    poses = poses_with_a_walking_dancer(rng)
+    scene = lab4.scene_of(model, first, poses[:, 0])
+    feat, (pose_feat, _) = model.encode_frame(first), model.encode_pose(poses[:, 1], True)
+    z = jnp.zeros(feat.shape[:-1] + (TINY_DIMS["N_dim"],))
+    raw = model.generator(model.fusion(jnp.concatenate([feat, pose_feat, z], -1)))
+    alpha, drawn = jax.nn.sigmoid(raw[..., 3:]), jax.nn.sigmoid(raw[..., :3])
+    gate = lab4.scene_gate(model, scene, poses[:, 1])
+    want = gate * scene.background + (1 - gate) * (alpha * drawn + (1 - alpha) * scene.background)
+    got = model.decode(feat, pose_feat, z, scene, gate)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    assert 0 < float(alpha.min()) and float(alpha.max()) < 1
+
+
+def test_first_appearance_reads_the_first_frame_where_its_skeleton_is():
+    """The decoder's extra input is the first frame's features averaged over the skeleton's
+    pixels: F_dim more inputs, and a first frame that differs only away from the receptive
+    field of every skeleton pixel gives the same appearance."""
+    rng = np.random.default_rng(5)
+    model = build_lab4(first_appearance=True)
+    F, L, N, D = (TINY_DIMS[k] for k in ("F_dim", "L_dim", "N_dim", "D_out_dim"))
+    assert n_params(model) > n_params(build_lab4())
+    pose = np.ones((1, 16, 32, 3), np.float32)
+    pose[0, 6:9, 3:5] = 0.2
+    first = rng.random((1, 16, 32, 3)).astype(np.float32)
+    scene = lab4.scene_of(model, jnp.asarray(first), jnp.asarray(pose))
+    ink = pose.min(-1, keepdims=True) < 0.98
+    want = (np.asarray(model.encode_frame(jnp.asarray(first))) * ink).sum((1, 2)) / ink.sum()
+    np.testing.assert_allclose(np.asarray(scene.appearance)[:, 0, 0], want, rtol=1e-5, atol=1e-6)
+    moved = first.copy()
+    moved[0, :, 28:] = 0.5  # far from the skeleton: the frame encoder reaches 10 pixels, the skeleton is in columns 3-4
+    other = lab4.scene_of(model, jnp.asarray(moved), jnp.asarray(pose))
+    np.testing.assert_allclose(np.asarray(other.appearance), np.asarray(scene.appearance), rtol=1e-5, atol=1e-6)
+    near = first.copy()
+    near[0, 6:9, 3:5] = 0.0
+    assert np.abs(np.asarray(lab4.scene_of(model, jnp.asarray(near), jnp.asarray(pose)).appearance)
+                  - np.asarray(scene.appearance)).max() > 1e-4
+
+
+@pytest.mark.parametrize("extensions", [dict(copy_scene=True, scene_fill=True, scene_alpha=True),
+                                        dict(first_appearance=True),
+                                        dict(copy_scene=True, scene_fill=True, scene_alpha=True, first_appearance=True)])
+def test_extensions_teacher_forced_fast_path_equals_the_rollout(extensions):
+    rng = np.random.default_rng(6)
+    model = build_lab4(**extensions)
+    frames, poses = jnp.asarray(rng.random((B, T, H, W, 3)), jnp.float32), poses_with_a_walking_dancer(rng)
+    slow = lab4.training_rollout(model, frames, poses, jnp.ones((T - 1, B)), jax.random.key(2))
+    fast = lab4.teacher_forced_rollout(model, frames, poses, jax.random.key(2))
+    np.testing.assert_allclose(np.asarray(fast.preds), np.asarray(slow.preds), atol=1e-6)
+
+
+def test_scene_refinements_need_the_scene_copy_and_widths_count_the_appearance():
+    from cvae_jax.errors import ConfigError
+    for flag in ("scene_fill", "scene_alpha"):
+        with pytest.raises(ConfigError, match=f"--{flag} refines the scene copy: it needs --copy_scene"):
+            preset("lab4").replace(**{flag: True}).validated()
+    with pytest.raises(ConfigError, match="with --first_appearance, F_dim twice"):
+        preset("lab4").replace(F_dim=130, L_dim=30, N_dim=12, first_appearance=True).validated()
+    assert preset("lab4").arch.extensions() == () and preset("course").arch.extensions() == ()

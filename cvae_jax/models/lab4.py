@@ -12,8 +12,15 @@ default (`bn_mode="running"`) so a frame's output never depends on which other v
 share its batch, or per-step batch statistics with `bn_mode="batch"`, which reproduces the
 reference, whose model never leaves training mode.
 
-Extension (`copy_scene`, off in the reference): the frame is the given first frame outside
-where the dancer stands in the first and the current pose (`scene_gate`).
+Extensions, all off in the reference (`Scene` holds what they take from the first frame):
+- `copy_scene`: the frame is the given first frame outside where the dancer stands in the
+  first and the current pose (`scene_gate`);
+- `scene_fill` (with `copy_scene`): the first frame's dancer is filled in from the studio
+  around it (`harmonic_fill`), so the copy covers all but the current dancer's area;
+- `scene_alpha` (with `copy_scene`): inside that area the generator also draws an opacity
+  over the copied scene (one more output channel);
+- `first_appearance`: the fusion also reads the first frame's features averaged over its
+  dancer's skeleton, the clothes at every step (F_dim more fusion inputs).
 """
 
 from __future__ import annotations
@@ -63,9 +70,13 @@ class PoseEncoder(nnx.Module):
 
 class Lab4CVAE(nnx.Module):
     def __init__(self, F_dim: int = 128, L_dim: int = 32, N_dim: int = 12, D_out_dim: int = 192,
-                 output_sigmoid: bool = False, copy_scene: bool = False, *, rngs: nnx.Rngs):
+                 output_sigmoid: bool = False, copy_scene: bool = False, scene_fill: bool = False,
+                 scene_alpha: bool = False, first_appearance: bool = False, *, rngs: nnx.Rngs):
         F, L, N, D = F_dim, L_dim, N_dim, D_out_dim
+        if (scene_fill or scene_alpha) and not copy_scene:
+            raise ValueError("scene_fill and scene_alpha refine copy_scene; turn it on too")
         self.N_dim, self.output_sigmoid, self.copy_scene = N, output_sigmoid, copy_scene
+        self.scene_fill, self.scene_alpha, self.first_appearance = scene_fill, scene_alpha, first_appearance
         self.frame_encoder = nnx.Sequential(
             ResidualBlock(3, 16, rngs=rngs), DepthConvBlock(16, 16, rngs=rngs),
             ResidualBlock(16, 32, rngs=rngs), DepthConvBlock(32, 32, rngs=rngs),
@@ -77,7 +88,7 @@ class Lab4CVAE(nnx.Module):
             ResidualBlock(N // 4, N // 2, rngs=rngs), DepthConvBlock(N // 2, N // 2, rngs=rngs),
             ResidualBlock(N // 2, N, rngs=rngs), Identity(),
             Conv(N, 2 * N, 1, rngs=rngs))
-        C = F + L + N
+        C = F + L + N + (F if first_appearance else 0)
         self.fusion = nnx.Sequential(
             DepthConvBlock(C, C, rngs=rngs), ResidualBlock(C, C // 4, rngs=rngs),
             DepthConvBlock(C // 4, C // 2, rngs=rngs), ResidualBlock(C // 2, C // 2, rngs=rngs),
@@ -86,7 +97,7 @@ class Lab4CVAE(nnx.Module):
             DepthConvBlock(D, D, rngs=rngs), ResidualBlock(D, D // 2, rngs=rngs),
             DepthConvBlock(D // 2, D // 2, rngs=rngs), ResidualBlock(D // 2, D // 4, rngs=rngs),
             DepthConvBlock(D // 4, D // 4, rngs=rngs), ResidualBlock(D // 4, D // 8, rngs=rngs),
-            DepthConvBlock(D // 8, D // 8, rngs=rngs), Conv(D // 8, 3, 1, rngs=rngs))
+            DepthConvBlock(D // 8, D // 8, rngs=rngs), Conv(D // 8, 4 if scene_alpha else 3, 1, rngs=rngs))
 
     def encode_frame(self, frame):
         return self.frame_encoder(frame)
@@ -100,35 +111,92 @@ class Lab4CVAE(nnx.Module):
         out = self.posterior(jnp.concatenate([frame_feat, pose_feat], axis=-1))
         return jnp.split(out, 2, axis=-1)
 
-    def decode(self, prev_feat, pose_feat, z, scene=None):
-        """The next frame; with `copy_scene`, `scene` = (first frame, `scene_gate`) and the
-        frame is the first frame where the gate is 1, the generated one where it is 0."""
-        x = self.generator(self.fusion(jnp.concatenate([prev_feat, pose_feat, z], axis=-1)))
+    def decode(self, prev_feat, pose_feat, z, scene: Scene | None = None, gate=None):
+        """The next frame; with `copy_scene`, `scene` is the video's `Scene` and `gate` this
+        step's `scene_gate`: the frame is the copied scene where the gate is 1, the generated
+        one (over the scene by its opacity, with `scene_alpha`) where it is 0."""
+        parts = [prev_feat, pose_feat, z]
+        if self.first_appearance:
+            parts.append(jnp.broadcast_to(scene.appearance, prev_feat.shape[:-1] + scene.appearance.shape[-1:]))
+        x = self.generator(self.fusion(jnp.concatenate(parts, axis=-1)))
+        if self.scene_alpha:
+            x, alpha = x[..., :3], jax.nn.sigmoid(x[..., 3:])
         x = jax.nn.sigmoid(x) if self.output_sigmoid else x
         if not self.copy_scene:
             return x
-        first, gate = scene
+        background = scene.background.astype(x.dtype)
+        if self.scene_alpha:
+            x = alpha * x + (1 - alpha) * background
         gate = gate.astype(x.dtype)
-        return gate * first.astype(x.dtype) + (1 - gate) * x
+        return gate * background + (1 - gate) * x
+
+
+def dancer_ink(pose):
+    """The skeleton's pixels of a pose image drawn on a white canvas: darkest channel below
+    0.98. (..., H, W, 3) -> (..., H, W, 1) of 0 and 1."""
+    return (jnp.min(pose, axis=-1, keepdims=True) < 0.98).astype(pose.dtype)
 
 
 def dancer_area(pose):
-    """Where the dancer may stand, from a pose image (a skeleton drawn on a white canvas):
-    every pixel with ink (darkest channel below 0.98), widened by a max-pool over a window
-    a quarter of the frame height wide, which covers the body around its skeleton.
-    (..., H, W, 3) -> (..., H, W, 1) of 0 and 1."""
-    ink = (jnp.min(pose, axis=-1, keepdims=True) < 0.98).astype(pose.dtype)
+    """Where the dancer may stand, from a pose image: its `dancer_ink` widened by a max-pool
+    over a window a quarter of the frame height wide, which covers the body around its
+    skeleton. (..., H, W, 3) -> (..., H, W, 1) of 0 and 1."""
+    ink = dancer_ink(pose)
     k = 2 * (pose.shape[-3] // 8) + 1
     window = (1,) * (ink.ndim - 3) + (k, k, 1)
     return jax.lax.reduce_window(ink, jnp.array(0, ink.dtype), jax.lax.max, window, (1,) * ink.ndim, "SAME")
 
 
-def scene_gate(first_area, pose):
-    """1 where the given first frame shows the scene at this step: away from the dancer in
-    the first pose (`first_area`, its `dancer_area`) and in the current `pose`. The scene is
-    static, so copying it there keeps what 630 autoregressive redraws would wash out;
-    leaving out the first pose's area keeps its dancer from staying behind as a ghost."""
-    return (1 - first_area) * (1 - dancer_area(pose))
+def harmonic_fill(image, hole):
+    """`image` with the pixels where `hole` is 1 replaced by the harmonic (4-neighbour mean)
+    interpolation of the pixels around them, as a studio seen behind the first dancer is
+    smooth; 4 x max(H, W) Jacobi sweeps from the mean of the known pixels converge to well
+    under 1/255 at the course's 32x64. (..., H, W, C), (..., H, W, 1) -> (..., H, W, C)."""
+    known = 1 - hole
+    mean = jnp.sum(image * known, axis=(-3, -2), keepdims=True) / jnp.maximum(
+        jnp.sum(known, axis=(-3, -2), keepdims=True), 1)
+    pad = [(0, 0)] * (image.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
+
+    def sweep(_, x):
+        p = jnp.pad(x, pad, mode="edge")
+        mean4 = (p[..., :-2, 1:-1, :] + p[..., 2:, 1:-1, :] + p[..., 1:-1, :-2, :] + p[..., 1:-1, 2:, :]) / 4
+        return jnp.where(hole > 0, mean4, image)
+
+    start = jnp.where(hole > 0, mean, image)
+    return jax.lax.fori_loop(0, 4 * max(image.shape[-3], image.shape[-2]), sweep, start)
+
+
+class Scene(NamedTuple):
+    """What a video's frames take from its given first frame, computed once per video."""
+    background: jax.Array        # the first frame (its dancer filled in with scene_fill)
+    first_area: jax.Array        # `dancer_area` of the first pose
+    appearance: jax.Array | None  # (..., 1, 1, F) first-frame features over its skeleton
+
+
+def scene_of(model: Lab4CVAE, first_frame, first_pose) -> Scene | None:
+    """The `Scene` of videos starting at first_frame (B, H, W, 3) with first_pose, or None
+    when the model uses none of it."""
+    if not (model.copy_scene or model.first_appearance):
+        return None
+    first_area = dancer_area(first_pose)
+    background = harmonic_fill(first_frame, first_area) if model.scene_fill else first_frame
+    appearance = None
+    if model.first_appearance:  # the mean over the skeleton's own pixels, not the widened area
+        ink = dancer_ink(first_pose)
+        appearance = jnp.sum(model.encode_frame(first_frame) * ink, axis=(-3, -2), keepdims=True) / jnp.maximum(
+            jnp.sum(ink, axis=(-3, -2), keepdims=True), 1)
+    return Scene(jax.lax.stop_gradient(background), first_area, appearance)
+
+
+def scene_gate(model: Lab4CVAE, scene: Scene | None, pose):
+    """1 where the copied scene shows at this step, or None without copy_scene: away from
+    the dancer in the current `pose` and, unless `scene_fill` removed it, in the first pose.
+    The studio is static, so copying it keeps what 630 autoregressive redraws would wash
+    out; leaving out an unfilled first dancer keeps it from staying behind as a ghost."""
+    if not model.copy_scene:
+        return None
+    gate = 1 - dancer_area(pose)
+    return gate if model.scene_fill else (1 - scene.first_area) * gate
 
 
 class Lab4Inputs(NamedTuple):
@@ -137,11 +205,6 @@ class Lab4Inputs(NamedTuple):
     mu: jax.Array         # posterior moments of x_t
     logvar: jax.Array
     gate: jax.Array | None  # `scene_gate` of p_t with copy_scene, else None
-
-
-def scene_gates(model: Lab4CVAE, poses):
-    """`scene_gate` of steps 1..T-1 of time-major poses, or None without copy_scene."""
-    return scene_gate(dancer_area(poses[0]), poses[1:]) if model.copy_scene else None
 
 
 class Lab4Terms(NamedTuple):
@@ -184,11 +247,12 @@ def training_rollout(model: Lab4CVAE, frames, poses, teacher, key, *, remat=Fals
     """
     frames, poses = time_major(frames), time_major(poses)
     _, pose_feat, moments, mu, logvar = encode_steps(model, frames, poses, remat)
-    inputs = Lab4Inputs(pose_feat, mu, logvar, scene_gates(model, poses))
+    scene = scene_of(model, frames[0], poses[0])
+    inputs = Lab4Inputs(pose_feat, mu, logvar, scene_gate(model, scene, poses[1:]))
 
     def step(state, prev_frame, weight, x: Lab4Inputs, key_t):
         z = reparameterize(x.mu, x.logvar, key_t)
-        return state, model.decode(model.encode_frame(prev_frame), x.pose_feat, z, (frames[0], x.gate)), None
+        return state, model.decode(model.encode_frame(prev_frame), x.pose_feat, z, scene, x.gate), None
 
     _, preds, _ = rollout(step, frames[0], inputs, key, true_prev=frames[:-1], teacher=teacher,
                           remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
@@ -209,12 +273,13 @@ def teacher_forced_rollout(model: Lab4CVAE, frames, poses, key, *, remat=False, 
     feat, pose_feat, moments, mu, logvar = encode_steps(model, frames, poses, remat)
     feat = jnp.concatenate([model.encode_frame(frames[:1]), feat])
     keys = jax.random.split(key, mu.shape[0])
+    scene = scene_of(model, frames[0], poses[0])
 
     def step(_, x):
         prev_feat, pose_t, mu_t, logvar_t, key_t, gate = x
-        return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t), (frames[0], gate))
+        return None, model.decode(prev_feat, pose_t, reparameterize(mu_t, logvar_t, key_t), scene, gate)
 
-    _, preds = scan_steps(step, None, (feat[:-1], pose_feat, mu, logvar, keys, scene_gates(model, poses)),
+    _, preds = scan_steps(step, None, (feat[:-1], pose_feat, mu, logvar, keys, scene_gate(model, scene, poses[1:])),
                           remat=remat, unroll=unroll, batched_wgrad=batched_wgrad)
     return Lab4Terms(preds, frames[1:], mu, logvar, moments)
 
@@ -229,7 +294,7 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
     """
     b, _, h, w, _ = poses.shape
     use_running = bn_mode == "running"
-    first_area = dancer_area(poses[:, 0]) if model.copy_scene else None
+    scene = scene_of(model, first_frame, poses[:, 0])
 
     def step(state, prev_frame, weight, pose, key_t):
         pose_feat, _ = model.encode_pose(pose, use_running_average=use_running)
@@ -237,8 +302,8 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
             z = jnp.zeros((b, h, w, model.N_dim), prev_frame.dtype)
         else:
             z = jax.random.normal(key_t, (b, h, w, model.N_dim), prev_frame.dtype)
-        gate = scene_gate(first_area, pose) if model.copy_scene else None
-        return state, model.decode(model.encode_frame(prev_frame), pose_feat, z, (first_frame, gate)), None
+        return state, model.decode(model.encode_frame(prev_frame), pose_feat, z, scene,
+                                   scene_gate(model, scene, pose)), None
 
     _, preds, _ = rollout(step, first_frame, time_major(poses)[1:], key, remat=remat)
     return jnp.concatenate([first_frame[:, None], time_major(preds)], axis=1)
@@ -249,7 +314,8 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
 
 def build(cfg, key) -> Lab4CVAE:
     return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, output_sigmoid=cfg.output_sigmoid,
-                    copy_scene=cfg.copy_scene, rngs=nnx.Rngs(params=key))
+                    copy_scene=cfg.copy_scene, scene_fill=cfg.scene_fill, scene_alpha=cfg.scene_alpha,
+                    first_appearance=cfg.first_appearance, rngs=nnx.Rngs(params=key))
 
 
 def teacher_steps(cfg, batch) -> int:
