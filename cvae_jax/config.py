@@ -209,6 +209,9 @@ class Lab4Config(Section):
     first_appearance: bool = option(False, "extension: the decoder also reads the first frame's features "
                                     "averaged over its dancer's skeleton, the clothes at every step (F_dim "
                                     "more decoder inputs; off: reference)")
+    posterior_zero_init: bool = option(False, "the posterior's output layer starts at zero, so q(z | x, p) "
+                                       "starts at the prior N(0, I) with KL 0, instead of first spending steps "
+                                       "on collapsing a KL of thousands (off: reference initialisation)")
     augment: str = option("none", "training clips: flip frames and poses left-right together (flip), and "
                           "shift them by up to 1/16 of the frame (flip_shift); none: reference",
                           choices=AUGMENTS)
@@ -240,7 +243,8 @@ class Lab4Config(Section):
 
     def extensions(self) -> tuple[str, ...]:
         """The flags on that change what the course model computes (`convert` refuses them)."""
-        return tuple(n for n in ("copy_scene", "scene_fill", "scene_alpha", "first_appearance") if getattr(self, n))
+        return tuple(n for n in ("copy_scene", "scene_fill", "scene_alpha", "first_appearance")
+                     if getattr(self, n))
 
 
 @dataclasses.dataclass(frozen=True)
