@@ -206,9 +206,6 @@ class Lab4Config(Section):
     scene_alpha: bool = option(False, "extension, with --copy_scene: inside the current dancer's area the "
                                "generator also draws an opacity over the copied scene (one more output "
                                "channel; off: reference)")
-    first_appearance: bool = option(False, "extension: the decoder also reads the first frame's features "
-                                    "averaged over its dancer's skeleton, the clothes at every step (F_dim "
-                                    "more decoder inputs; off: reference)")
     posterior_zero_init: bool = option(False, "the posterior's output layer starts at zero, so q(z | x, p) "
                                        "starts at the prior N(0, I) with KL 0, instead of first spending steps "
                                        "on collapsing a KL of thousands (off: reference initialisation)")
@@ -232,19 +229,16 @@ class Lab4Config(Section):
             raise ConfigError(f"--train_vi_len must be at least 2 (a given frame and one to predict), got {self.train_vi_len}")
         if self.N_dim % 4:
             raise ConfigError(f"--N_dim must be a multiple of 4 (the posterior narrows to N/4 and N/2), got {self.N_dim}")
-        fused = self.F_dim * (2 if self.first_appearance else 1) + self.L_dim + self.N_dim
-        if fused % 4 or self.D_out_dim % 16:
-            raise ConfigError("--F_dim + --L_dim + --N_dim (with --first_appearance, F_dim twice) must be a multiple "
-                              "of 4 and --D_out_dim of 16 (the fusion and generator halve them), got "
-                              f"{fused}, {self.D_out_dim}")
+        if (self.F_dim + self.L_dim + self.N_dim) % 4 or self.D_out_dim % 16:
+            raise ConfigError("--F_dim + --L_dim + --N_dim must be a multiple of 4 and --D_out_dim of 16 "
+                              f"(the fusion and generator halve them), got {self.F_dim}+{self.L_dim}+{self.N_dim}, {self.D_out_dim}")
         for name in ("scene_fill", "scene_alpha"):
             if getattr(self, name) and not self.copy_scene:
                 raise ConfigError(f"--{name} refines the scene copy: it needs --copy_scene")
 
     def extensions(self) -> tuple[str, ...]:
         """The flags on that change what the course model computes (`convert` refuses them)."""
-        return tuple(n for n in ("copy_scene", "scene_fill", "scene_alpha", "first_appearance")
-                     if getattr(self, n))
+        return tuple(n for n in ("copy_scene", "scene_fill", "scene_alpha") if getattr(self, n))
 
 
 @dataclasses.dataclass(frozen=True)

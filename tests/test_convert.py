@@ -328,6 +328,7 @@ def test_to_torch_refusals(jax_run, written, tmp_path, capsys):
     for name, cfg in [("small", preset("lab4").replace(F_dim=32, L_dim=16)),
                       ("sigmoid", preset("lab4").replace(output_sigmoid=True)),
                       ("scene", preset("lab4").replace(copy_scene=True)),
+                      ("filled", preset("lab4").replace(copy_scene=True, scene_fill=True, scene_alpha=True)),
                       ("svg", preset("cpu", "svg"))]:
         (tmp_path / name).mkdir()
         checkpointing.save_config(tmp_path / name, cfg)
@@ -337,7 +338,9 @@ def test_to_torch_refusals(jax_run, written, tmp_path, capsys):
         "only runs at F_dim 128, L_dim 32 convert")
     assert "was trained with --output_sigmoid" in refused(tmp_path / "sigmoid", tmp_path / "a.ckpt")
     convert._check_template_can_load(checkpointing.load_config(tmp_path / "sigmoid"), "run", allow_sigmoid=True)
-    assert "was trained with --copy_scene" in refused(tmp_path / "scene", tmp_path / "a.ckpt")
+    assert "was trained with --copy_scene, extensions" in refused(tmp_path / "scene", tmp_path / "a.ckpt")
+    assert "was trained with --copy_scene, --scene_fill, --scene_alpha, extensions" in refused(
+        tmp_path / "filled", tmp_path / "a.ckpt")
     assert refused(tmp_path / "svg", tmp_path / "a.ckpt") == (
         f"{tmp_path / 'svg'} is a --model svg run; the course template's checkpoint holds the Lab4 model only")
 

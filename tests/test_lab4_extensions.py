@@ -1,6 +1,6 @@
 """The Lab4 options beyond the reference: clip augmentation, AdamW, a KL ramp that starts
 above 0, the course preset that combines the last two, the scene copy and its refinements
-(the first dancer filled in, an opacity over the scene), and the first frame's appearance."""
+(the first dancer filled in, an opacity over the scene), and a posterior that starts at the prior."""
 
 from __future__ import annotations
 
@@ -211,35 +211,9 @@ def test_scene_alpha_adds_one_output_channel_and_draws_over_the_filled_scene():
     assert 0 < float(alpha.min()) and float(alpha.max()) < 1
 
 
-def test_first_appearance_reads_the_first_frame_where_its_skeleton_is():
-    """The decoder's extra input is the first frame's features averaged over the skeleton's
-    pixels: F_dim more inputs, and a first frame that differs only away from the receptive
-    field of every skeleton pixel gives the same appearance."""
-    rng = np.random.default_rng(5)
-    model = build_lab4(first_appearance=True)
-    F, L, N, D = (TINY_DIMS[k] for k in ("F_dim", "L_dim", "N_dim", "D_out_dim"))
-    assert n_params(model) > n_params(build_lab4())
-    pose = np.ones((1, 16, 32, 3), np.float32)
-    pose[0, 6:9, 3:5] = 0.2
-    first = rng.random((1, 16, 32, 3)).astype(np.float32)
-    scene = lab4.scene_of(model, jnp.asarray(first), jnp.asarray(pose))
-    ink = pose.min(-1, keepdims=True) < 0.98
-    want = (np.asarray(model.encode_frame(jnp.asarray(first))) * ink).sum((1, 2)) / ink.sum()
-    np.testing.assert_allclose(np.asarray(scene.appearance)[:, 0, 0], want, rtol=1e-5, atol=1e-6)
-    moved = first.copy()
-    moved[0, :, 28:] = 0.5  # far from the skeleton: the frame encoder reaches 10 pixels, the skeleton is in columns 3-4
-    other = lab4.scene_of(model, jnp.asarray(moved), jnp.asarray(pose))
-    np.testing.assert_allclose(np.asarray(other.appearance), np.asarray(scene.appearance), rtol=1e-5, atol=1e-6)
-    near = first.copy()
-    near[0, 6:9, 3:5] = 0.0
-    assert np.abs(np.asarray(lab4.scene_of(model, jnp.asarray(near), jnp.asarray(pose)).appearance)
-                  - np.asarray(scene.appearance)).max() > 1e-4
-
-
-@pytest.mark.parametrize("extensions", [dict(copy_scene=True, scene_fill=True, scene_alpha=True),
-                                        dict(first_appearance=True),
-                                        dict(copy_scene=True, scene_fill=True, scene_alpha=True, first_appearance=True)])
-def test_extensions_teacher_forced_fast_path_equals_the_rollout(extensions):
+@pytest.mark.parametrize("extensions", [dict(copy_scene=True, scene_fill=True),
+                                        dict(copy_scene=True, scene_fill=True, scene_alpha=True)])
+def test_scene_refinements_teacher_forced_fast_path_equals_the_rollout(extensions):
     rng = np.random.default_rng(6)
     model = build_lab4(**extensions)
     frames, poses = jnp.asarray(rng.random((B, T, H, W, 3)), jnp.float32), poses_with_a_walking_dancer(rng)
@@ -248,13 +222,11 @@ def test_extensions_teacher_forced_fast_path_equals_the_rollout(extensions):
     np.testing.assert_allclose(np.asarray(fast.preds), np.asarray(slow.preds), atol=1e-6)
 
 
-def test_scene_refinements_need_the_scene_copy_and_widths_count_the_appearance():
+def test_scene_refinements_need_the_scene_copy():
     from cvae_jax.errors import ConfigError
     for flag in ("scene_fill", "scene_alpha"):
         with pytest.raises(ConfigError, match=f"--{flag} refines the scene copy: it needs --copy_scene"):
             preset("lab4").replace(**{flag: True}).validated()
-    with pytest.raises(ConfigError, match="with --first_appearance, F_dim twice"):
-        preset("lab4").replace(F_dim=130, L_dim=30, N_dim=12, first_appearance=True).validated()
     assert preset("lab4").arch.extensions() == () and preset("course").arch.extensions() == ()
 
 

@@ -19,8 +19,6 @@ Extensions, all off in the reference (`Scene` holds what they take from the firs
   around it (`harmonic_fill`), so the copy covers all but the current dancer's area;
 - `scene_alpha` (with `copy_scene`): inside that area the generator also draws an opacity
   over the copied scene (one more output channel);
-- `first_appearance`: the fusion also reads the first frame's features averaged over its
-  dancer's skeleton, the clothes at every step (F_dim more fusion inputs);
 - `posterior_zero_init`: the posterior's output layer starts at zero, q(z) at the prior.
 """
 
@@ -72,13 +70,12 @@ class PoseEncoder(nnx.Module):
 class Lab4CVAE(nnx.Module):
     def __init__(self, F_dim: int = 128, L_dim: int = 32, N_dim: int = 12, D_out_dim: int = 192,
                  output_sigmoid: bool = False, copy_scene: bool = False, scene_fill: bool = False,
-                 scene_alpha: bool = False, first_appearance: bool = False, posterior_zero_init: bool = False,
-                 *, rngs: nnx.Rngs):
+                 scene_alpha: bool = False, posterior_zero_init: bool = False, *, rngs: nnx.Rngs):
         F, L, N, D = F_dim, L_dim, N_dim, D_out_dim
         if (scene_fill or scene_alpha) and not copy_scene:
             raise ValueError("scene_fill and scene_alpha refine copy_scene; turn it on too")
         self.N_dim, self.output_sigmoid, self.copy_scene = N, output_sigmoid, copy_scene
-        self.scene_fill, self.scene_alpha, self.first_appearance = scene_fill, scene_alpha, first_appearance
+        self.scene_fill, self.scene_alpha = scene_fill, scene_alpha
         self.frame_encoder = nnx.Sequential(
             ResidualBlock(3, 16, rngs=rngs), DepthConvBlock(16, 16, rngs=rngs),
             ResidualBlock(16, 32, rngs=rngs), DepthConvBlock(32, 32, rngs=rngs),
@@ -93,7 +90,7 @@ class Lab4CVAE(nnx.Module):
         if posterior_zero_init:  # after drawing it, so every other weight is the reference's
             head = self.posterior.layers[-1]
             head.kernel[...], head.bias[...] = jnp.zeros_like(head.kernel[...]), jnp.zeros_like(head.bias[...])
-        C = F + L + N + (F if first_appearance else 0)
+        C = F + L + N
         self.fusion = nnx.Sequential(
             DepthConvBlock(C, C, rngs=rngs), ResidualBlock(C, C // 4, rngs=rngs),
             DepthConvBlock(C // 4, C // 2, rngs=rngs), ResidualBlock(C // 2, C // 2, rngs=rngs),
@@ -120,10 +117,7 @@ class Lab4CVAE(nnx.Module):
         """The next frame; with `copy_scene`, `scene` is the video's `Scene` and `gate` this
         step's `scene_gate`: the frame is the copied scene where the gate is 1, the generated
         one (over the scene by its opacity, with `scene_alpha`) where it is 0."""
-        parts = [prev_feat, pose_feat, z]
-        if self.first_appearance:
-            parts.append(jnp.broadcast_to(scene.appearance, prev_feat.shape[:-1] + scene.appearance.shape[-1:]))
-        x = self.generator(self.fusion(jnp.concatenate(parts, axis=-1)))
+        x = self.generator(self.fusion(jnp.concatenate([prev_feat, pose_feat, z], axis=-1)))
         if self.scene_alpha:
             x, alpha = x[..., :3], jax.nn.sigmoid(x[..., 3:])
         x = jax.nn.sigmoid(x) if self.output_sigmoid else x
@@ -136,17 +130,12 @@ class Lab4CVAE(nnx.Module):
         return gate * background + (1 - gate) * x
 
 
-def dancer_ink(pose):
-    """The skeleton's pixels of a pose image drawn on a white canvas: darkest channel below
-    0.98. (..., H, W, 3) -> (..., H, W, 1) of 0 and 1."""
-    return (jnp.min(pose, axis=-1, keepdims=True) < 0.98).astype(pose.dtype)
-
-
 def dancer_area(pose):
-    """Where the dancer may stand, from a pose image: its `dancer_ink` widened by a max-pool
-    over a window a quarter of the frame height wide, which covers the body around its
-    skeleton. (..., H, W, 3) -> (..., H, W, 1) of 0 and 1."""
-    ink = dancer_ink(pose)
+    """Where the dancer may stand, from a pose image (a skeleton drawn on a white canvas):
+    every pixel with ink (darkest channel below 0.98), widened by a max-pool over a window
+    a quarter of the frame height wide, which covers the body around its skeleton.
+    (..., H, W, 3) -> (..., H, W, 1) of 0 and 1."""
+    ink = (jnp.min(pose, axis=-1, keepdims=True) < 0.98).astype(pose.dtype)
     k = 2 * (pose.shape[-3] // 8) + 1
     window = (1,) * (ink.ndim - 3) + (k, k, 1)
     return jax.lax.reduce_window(ink, jnp.array(0, ink.dtype), jax.lax.max, window, (1,) * ink.ndim, "SAME")
@@ -173,24 +162,18 @@ def harmonic_fill(image, hole):
 
 class Scene(NamedTuple):
     """What a video's frames take from its given first frame, computed once per video."""
-    background: jax.Array        # the first frame (its dancer filled in with scene_fill)
-    first_area: jax.Array        # `dancer_area` of the first pose
-    appearance: jax.Array | None  # (..., 1, 1, F) first-frame features over its skeleton
+    background: jax.Array  # the first frame (its dancer filled in with scene_fill)
+    first_area: jax.Array  # `dancer_area` of the first pose
 
 
 def scene_of(model: Lab4CVAE, first_frame, first_pose) -> Scene | None:
     """The `Scene` of videos starting at first_frame (B, H, W, 3) with first_pose, or None
-    when the model uses none of it."""
-    if not (model.copy_scene or model.first_appearance):
+    without copy_scene."""
+    if not model.copy_scene:
         return None
     first_area = dancer_area(first_pose)
     background = harmonic_fill(first_frame, first_area) if model.scene_fill else first_frame
-    appearance = None
-    if model.first_appearance:  # the mean over the skeleton's own pixels, not the widened area
-        ink = dancer_ink(first_pose)
-        appearance = jnp.sum(model.encode_frame(first_frame) * ink, axis=(-3, -2), keepdims=True) / jnp.maximum(
-            jnp.sum(ink, axis=(-3, -2), keepdims=True), 1)
-    return Scene(jax.lax.stop_gradient(background), first_area, appearance)
+    return Scene(jax.lax.stop_gradient(background), first_area)
 
 
 def scene_gate(model: Lab4CVAE, scene: Scene | None, pose):
@@ -320,8 +303,7 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
 def build(cfg, key) -> Lab4CVAE:
     return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, output_sigmoid=cfg.output_sigmoid,
                     copy_scene=cfg.copy_scene, scene_fill=cfg.scene_fill, scene_alpha=cfg.scene_alpha,
-                    first_appearance=cfg.first_appearance, posterior_zero_init=cfg.posterior_zero_init,
-                    rngs=nnx.Rngs(params=key))
+                    posterior_zero_init=cfg.posterior_zero_init, rngs=nnx.Rngs(params=key))
 
 
 def teacher_steps(cfg, batch) -> int:
