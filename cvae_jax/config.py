@@ -206,9 +206,6 @@ class Lab4Config(Section):
     scene_alpha: bool = option(False, "extension, with --copy_scene: inside the current dancer's area the "
                                "generator also draws an opacity over the copied scene (one more output "
                                "channel; off: reference)")
-    posterior_zero_init: bool = option(False, "the posterior's output layer starts at zero, so q(z | x, p) "
-                                       "starts at the prior N(0, I) with KL 0, instead of first spending steps "
-                                       "on collapsing a KL of thousands (off: reference initialisation)")
     augment: str = option("none", "training clips: flip frames and poses left-right together (flip), and "
                           "shift them by up to 1/16 of the frame (flip_shift); none: reference",
                           choices=AUGMENTS)

@@ -18,8 +18,7 @@ Extensions, all off in the reference (`Scene` holds what they take from the firs
 - `scene_fill` (with `copy_scene`): the first frame's dancer is filled in from the studio
   around it (`harmonic_fill`), so the copy covers all but the current dancer's area;
 - `scene_alpha` (with `copy_scene`): inside that area the generator also draws an opacity
-  over the copied scene (one more output channel);
-- `posterior_zero_init`: the posterior's output layer starts at zero, q(z) at the prior.
+  over the copied scene (one more output channel).
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ class PoseEncoder(nnx.Module):
 class Lab4CVAE(nnx.Module):
     def __init__(self, F_dim: int = 128, L_dim: int = 32, N_dim: int = 12, D_out_dim: int = 192,
                  output_sigmoid: bool = False, copy_scene: bool = False, scene_fill: bool = False,
-                 scene_alpha: bool = False, posterior_zero_init: bool = False, *, rngs: nnx.Rngs):
+                 scene_alpha: bool = False, *, rngs: nnx.Rngs):
         F, L, N, D = F_dim, L_dim, N_dim, D_out_dim
         if (scene_fill or scene_alpha) and not copy_scene:
             raise ValueError("scene_fill and scene_alpha refine copy_scene; turn it on too")
@@ -87,9 +86,6 @@ class Lab4CVAE(nnx.Module):
             ResidualBlock(N // 4, N // 2, rngs=rngs), DepthConvBlock(N // 2, N // 2, rngs=rngs),
             ResidualBlock(N // 2, N, rngs=rngs), Identity(),
             Conv(N, 2 * N, 1, rngs=rngs))
-        if posterior_zero_init:  # after drawing it, so every other weight is the reference's
-            head = self.posterior.layers[-1]
-            head.kernel[...], head.bias[...] = jnp.zeros_like(head.kernel[...]), jnp.zeros_like(head.bias[...])
         C = F + L + N
         self.fusion = nnx.Sequential(
             DepthConvBlock(C, C, rngs=rngs), ResidualBlock(C, C // 4, rngs=rngs),
@@ -303,7 +299,7 @@ def generate(model: Lab4CVAE, first_frame, poses, key, *, bn_mode="running", z_m
 def build(cfg, key) -> Lab4CVAE:
     return Lab4CVAE(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, output_sigmoid=cfg.output_sigmoid,
                     copy_scene=cfg.copy_scene, scene_fill=cfg.scene_fill, scene_alpha=cfg.scene_alpha,
-                    posterior_zero_init=cfg.posterior_zero_init, rngs=nnx.Rngs(params=key))
+                    rngs=nnx.Rngs(params=key))
 
 
 def teacher_steps(cfg, batch) -> int:
