@@ -126,9 +126,10 @@ def _jax_trainer(compiled, state, batch, sched: Schedule, keys) -> tuple[Callabl
 
 def lab4_workloads(name: str, s: Sizes) -> Iterator[Workload]:
     (h, w), b, t = s.lab4_hw, s.lab4_batch, s.lab4_clip
-    # copy_scene off: the PyTorch template it is timed against has no scene copy
+    # the scene copy off: the PyTorch template it is timed against has none
     cfg: Config = preset(name, model="lab4").replace(
-        tf_mode="batch", batch_size=b, train_vi_len=t, frame_H=h, frame_W=w, copy_scene=False, **dict(s.lab4_dims))
+        tf_mode="batch", batch_size=b, train_vi_len=t, frame_H=h, frame_W=w, copy_scene=False,
+        scene_fill=False, scene_alpha=False, **dict(s.lab4_dims))
     graphdef, state = init_state(cfg, jax.random.key(0))
     tmodel = tlab4.build(cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim, cfg.output_sigmoid, **JAX_WIDTHS)
     tlab4.load_jax_params(tmodel, state.params)

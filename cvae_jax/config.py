@@ -231,7 +231,7 @@ class Lab4Config(Section):
                               f"(the fusion and generator halve them), got {self.F_dim}+{self.L_dim}+{self.N_dim}, {self.D_out_dim}")
         for name in ("scene_fill", "scene_alpha"):
             if getattr(self, name) and not self.copy_scene:
-                raise ConfigError(f"--{name} refines the scene copy: it needs --copy_scene")
+                raise ConfigError(f"--{name} refines the scene copy: it needs --copy_scene (or add --no-{name})")
 
     def extensions(self) -> tuple[str, ...]:
         """The flags on that change what the course model computes (`convert` refuses them)."""
@@ -447,16 +447,19 @@ def cpu_preset() -> Config:
     Same architecture at smaller widths, sigmoid output for a stable 630-frame rollout and a
     faster teacher-forcing decay. KL beta is held at 1 (`None`): in a run this short, epochs
     at beta < 1 teach the decoder to read the frame out of the posterior's z, which the
-    prior cannot supply at generation time (benchmarks/NOTES.md, "cpu preset"). It turns on
-    one extension of the reference, `copy_scene` (no parameters): the static studio is
-    copied from the first frame instead of redrawn 630 times, where it fades to grey
-    (benchmarks/NOTES.md, "Lab4 on real footage").
+    prior cannot supply at generation time (benchmarks/NOTES.md, "cpu preset"). Clips of 8
+    frames: twice the updates of 16-frame clips for the same frames, which a run this short
+    needs more than longer free-running horizons. It turns on the scene layer, extensions of
+    the reference: the static studio is copied from the first frame, its dancer filled in,
+    and the generator draws the current dancer over it with an opacity, instead of
+    redrawing the studio 630 times, where it fades to grey (benchmarks/NOTES.md, "Lab4 on
+    real footage").
     """
     return lab4_preset().replace(
         preset="cpu", F_dim=32, L_dim=16, N_dim=8, D_out_dim=64, output_sigmoid=True, copy_scene=True,
-        batch_size=2, lr=0.002, lr_schedule="cosine", num_epoch=6, steps_per_epoch=40,
-        kl_anneal_type="None", tfr=1.0, tfr_sde=1, tfr_d_step=0.25, tfr_floor=0.0,
-        tf_mode="clip", per_save=1, val_every=2)
+        scene_fill=True, scene_alpha=True, batch_size=2, lr=0.002, lr_schedule="cosine", num_epoch=6,
+        steps_per_epoch=80, train_vi_len=8, kl_anneal_type="None", tfr=1.0, tfr_sde=1, tfr_d_step=0.25,
+        tfr_floor=0.0, tf_mode="clip", per_save=1, val_every=2)
 
 
 def course_preset() -> Config:
