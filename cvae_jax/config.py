@@ -448,8 +448,9 @@ def cpu_preset() -> Config:
     faster teacher-forcing decay. KL beta is held at 1 (`None`): in a run this short, epochs
     at beta < 1 teach the decoder to read the frame out of the posterior's z, which the
     prior cannot supply at generation time (benchmarks/NOTES.md, "cpu preset"). Clips of 8
-    frames: twice the updates of 16-frame clips for the same frames, which a run this short
-    needs more than longer free-running horizons. It turns on the scene layer, extensions of
+    frames: more updates for the same frames than 16-frame clips, which a run this short
+    needs more than longer free-running horizons; 64 steps per epoch fit the run in about
+    11 minutes on 2 cores. It turns on the scene layer, extensions of
     the reference: the static studio is copied from the first frame, its dancer filled in,
     and the generator draws the current dancer over it with an opacity, instead of
     redrawing the studio 630 times, where it fades to grey (benchmarks/NOTES.md, "Lab4 on
@@ -458,7 +459,7 @@ def cpu_preset() -> Config:
     return lab4_preset().replace(
         preset="cpu", F_dim=32, L_dim=16, N_dim=8, D_out_dim=64, output_sigmoid=True, copy_scene=True,
         scene_fill=True, scene_alpha=True, batch_size=2, lr=0.002, lr_schedule="cosine", num_epoch=6,
-        steps_per_epoch=80, train_vi_len=8, kl_anneal_type="None", tfr=1.0, tfr_sde=1, tfr_d_step=0.25,
+        steps_per_epoch=64, train_vi_len=8, kl_anneal_type="None", tfr=1.0, tfr_sde=1, tfr_d_step=0.25,
         tfr_floor=0.0, tf_mode="clip", per_save=1, val_every=2)
 
 

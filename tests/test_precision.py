@@ -20,7 +20,10 @@ def _setup(model: str):
     if model == "lab4":
         cfg = cfg.replace(batch_size=2, train_vi_len=4, frame_H=8, frame_W=16, F_dim=8, L_dim=8,
                           N_dim=4, D_out_dim=16, kl_anneal_type="None")
-        batch = tuple(jnp.asarray(r.uniform(size=(2, 4, 8, 16, 3)), jnp.float32) for _ in range(2))
+        poses = np.ones((2, 4, 8, 16, 3), np.float32)  # white canvases with a moving stroke
+        for t in range(4):
+            poses[:, t, 2:6, 3 + 2 * t:5 + 2 * t] = r.uniform(0, 0.5, 3)
+        batch = (jnp.asarray(r.uniform(size=(2, 4, 8, 16, 3)), jnp.float32), jnp.asarray(poses))
     else:
         cfg = cfg.replace(batch_size=4, n_past=2, n_future=2, vgg_width=4, g_dim=16, z_dim=4,
                           rnn_size=16)

@@ -168,8 +168,10 @@ def scene_of(model: Lab4CVAE, first_frame, first_pose) -> Scene | None:
     if not model.copy_scene:
         return None
     first_area = dancer_area(first_pose)
-    background = harmonic_fill(first_frame, first_area) if model.scene_fill else first_frame
-    return Scene(jax.lax.stop_gradient(background), first_area)
+    background = first_frame
+    if model.scene_fill:  # in float32 at any compute precision: 4 x max(H, W) sweeps of rounding
+        background = harmonic_fill(first_frame.astype(jnp.float32), first_area.astype(jnp.float32))
+    return Scene(jax.lax.stop_gradient(background).astype(first_frame.dtype), first_area)
 
 
 def scene_gate(model: Lab4CVAE, scene: Scene | None, pose):
